@@ -1,0 +1,1 @@
+"""Hospital side: Flower ClientApp and the flwr-client launcher."""

@@ -1,0 +1,122 @@
+"""Plain dataclass configs for preprocessing and training: the one place each default is decided.
+
+Every config loads from a dict (Flower run config, YAML file, CLI) with :func:`from_dict`, which
+rejects unknown keys by name, and hashes stably with ``.hash()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from common.hashing import stable_hash
+
+T = TypeVar("T")
+
+#: Names a model input channel may have. DCE phases are named by acquisition order.
+#: ``subK`` = postK - pre (subtraction image); ``t2`` = T2-weighted series resampled onto the DCE grid.
+PHASE_NAMES = ("pre", "post1", "post2", "post3", "post4", "post5", "post6", "post7", "post8", "post9", "post10")
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Harmonised preprocessing, applied identically at every site. Its hash travels with every round."""
+
+    #: Model input channels, in this order, stacked on axis 0 of every cached volume.
+    channels: tuple[str, ...] = ("pre", "post1", "sub1")
+    #: Isotropic output spacing in mm (the ``paper`` preset uses 1.0).
+    spacing_mm: float = 2.0
+    #: Output array shape (z, y, x) after crop/pad, in voxels of ``spacing_mm``.
+    shape: tuple[int, int, int] = (32, 32, 32)
+    #: "tumour": crop centred on the annotated tumour box (needs boxes, Duke Annotation_Boxes format);
+    #: "breast": whole bilateral breast volume, centred on the body mask, cropped/padded to ``shape``.
+    crop: str = "tumour"
+    #: Orientation every volume is reoriented to (SimpleITK DICOMOrient code).
+    orientation: str = "LPS"
+    #: N4 bias-field correction of the pre-contrast phase (field applied to all phases).
+    n4: bool = False
+    #: Intensity standardisation: percentile clip then z-score inside the body mask, using the
+    #: pre-contrast phase's statistics for all DCE channels (keeps enhancement comparable).
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    standardise: str = "zscore_body"
+    #: Resampling interpolator: "linear" or "bspline".
+    interpolator: str = "linear"
+    #: Which visit to use when several exist: "pre" = earliest (pre-treatment).
+    visit: str = "pre"
+
+    def hash(self) -> str:
+        return stable_hash(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training loop settings shared by local-only, pooled and federated training."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adamw"  # "adamw" | "radam"
+    loss: str = "focal"  # "focal" | "bce" | "weighted_bce"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    aux_weight: float = 0.3  # weight of the auxiliary receptor-status loss (if the model has the head)
+    augment: bool = True
+    patience: int = 5  # early stopping on validation AUROC, in epochs
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    prox_mu: float = 0.0  # FedProx proximal term weight (0 = off)
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: bool = True  # mixed precision, CUDA only
+    num_workers: int = 0  # DataLoader workers (use >0 on GPU machines)
+    threshold_rule: str = "youden"  # operating point on validation data: "youden" | "weighted_youden"
+    youden_weight: float = 0.5  # w in max(w*sens + (1-w)*spec - 1); 0.5 = Youden
+
+    def hash(self) -> str:
+        return stable_hash(self)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data`` (missing keys keep defaults; lists become tuples).
+
+    Unknown keys raise ``ValueError`` naming the key and ``source`` so a typo never goes silent.
+    Keys may use ``-`` or ``_``.
+    """
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ValueError(f"{source}: unknown key {key!r} for {cls.__name__}; known: {sorted(names)}")
+        if isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(cls: type[T], path: str | Path | None) -> T:
+    """Load ``cls`` from a YAML file (``None`` -> defaults)."""
+    if path is None:
+        return cls()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must hold a mapping, got {type(data).__name__}")
+    return from_dict(cls, data, source=str(path))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a config dataclass (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+__all__ = ["PHASE_NAMES", "PrepConfig", "TrainConfig", "from_dict", "load_yaml", "to_dict", "field"]

@@ -1,0 +1,1 @@
+"""Image encoders, clinical encoder and the fusion model, built from a ModelConfig."""

@@ -1,0 +1,1 @@
+"""Per-site preprocessing: DICOM discovery, harmonised volumes, clinical harmonisation, site cache."""

@@ -1,0 +1,1 @@
+"""Coordinator side: Flower ServerApp, strategies, SuperLink launcher, certificates."""

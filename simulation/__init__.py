@@ -1,0 +1,1 @@
+"""Multi-site emulation: embedded cohort, partitions, experiments and their report."""
