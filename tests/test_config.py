@@ -1,0 +1,73 @@
+"""Configs: stable hashes, strict loading, the clinical encoding's fixed scaling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import PrepConfig, TrainConfig, from_dict, load_yaml
+from common.hashing import canonical_json, stable_hash
+from common.models.config import ModelConfig, preset
+from common.schema import MODEL_CLINICAL_FEATURES, encode_clinical
+
+
+def test_hash_is_stable_across_processes() -> None:
+    """The preprocessing hash is a function of the config alone (a fresh interpreter agrees)."""
+    code = "from common.config import PrepConfig; print(PrepConfig().hash())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == PrepConfig().hash()
+
+
+def test_hash_changes_with_any_field_and_matches_canonical_json() -> None:
+    base = PrepConfig()
+    assert base.hash() != PrepConfig(spacing_mm=1.0).hash()
+    assert base.hash() != PrepConfig(channels=("pre", "post1")).hash()
+    # list vs tuple spelling of the same config hashes the same
+    assert from_dict(PrepConfig, {"shape": [32, 32, 32]}).hash() == base.hash()
+    import hashlib
+
+    assert base.hash() == hashlib.sha256(canonical_json(base).encode()).hexdigest()[:16]
+    assert json.loads(canonical_json(base))["spacing_mm"] == 2.0
+
+
+def test_unknown_key_is_named(tmp_path) -> None:
+    path = tmp_path / "prep.yaml"
+    path.write_text("spacing-mm: 1.5\nshpae: [8, 8, 8]\n")
+    with pytest.raises(ValueError, match="shpae") as info:
+        load_yaml(PrepConfig, path)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_with_dashes_loads(tmp_path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("prox-mu: 0.01\nepochs: 3\n")
+    cfg = load_yaml(TrainConfig, path)
+    assert cfg.prox_mu == 0.01 and cfg.epochs == 3 and cfg.lr == TrainConfig().lr
+
+
+def test_model_presets() -> None:
+    assert preset("paper").depth >= 18
+    assert preset("small", norm="instance").norm == "instance"
+    assert ModelConfig().hash() != preset("paper").hash()
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("huge")
+
+
+def test_encode_clinical_fixed_scaling_and_missing_indicators() -> None:
+    table = pd.DataFrame(
+        {"age": [60.0, np.nan], "er": [1, np.nan], "subtype": ["triple_negative", np.nan], "grade": [3, 1]}
+    )
+    values, present = encode_clinical(table)
+    j = {n: i for i, n in enumerate(MODEL_CLINICAL_FEATURES)}
+    assert values[0, j["age"]] == pytest.approx(1.0)  # (60 - 50) / 10
+    assert present[1, j["age"]] == 0 and values[1, j["age"]] == 0
+    assert values[0, j["subtype_triple_negative"]] == 1 and values[0, j["subtype_luminal"]] == 0
+    assert present[1, j["subtype_luminal"]] == 0
+    assert values[0, j["grade"]] == pytest.approx(1.0) and values[1, j["grade"]] == pytest.approx(-1.0)
+    assert present[:, j["pr"]].sum() == 0  # column absent -> missing everywhere
+    assert stable_hash({"a": 1}) == stable_hash({"a": 1})
