@@ -1,0 +1,247 @@
+"""Evaluation report directory for one model on one (held-out) site: metrics.json, predictions.csv,
+report.md (MRP Table 1 layout) and figures. Runs AT the evaluating site; predictions.csv stays local.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.metrics import REPORT_METRICS, BootstrapConfig, binary_report, calibration, delong_ci, delong_test
+
+_BOOT = BootstrapConfig()
+
+#: Subgroup columns looked up in the canonical clinical table / the cache manifest when given.
+SUBGROUP_CLINICAL: tuple[str, ...] = ("subtype", "hr", "her2")
+SUBGROUP_MANIFEST: tuple[str, ...] = ("manufacturer", "field_strength")
+#: Smallest subgroup that gets an AUROC (both classes needed too).
+MIN_SUBGROUP = 10
+
+_TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("auroc", "AUROC"), ("auprc", "AUPRC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+    ("ppv", "PPV"), ("npv", "NPV"), ("brier", "Brier"))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _fmt(v: dict[str, float] | None, digits: int = 3) -> str:
+    """``0.812 (0.760-0.857)``, or an em dash when undefined."""
+    if v is None or v.get("value") is None or not np.isfinite(v["value"]):
+        return "—"
+    text = f"{v['value']:.{digits}f}"
+    lo, hi = v.get("ci_low"), v.get("ci_high")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" ({lo:.{digits}f}–{hi:.{digits}f})"
+    return text
+
+
+def _p(p: float | None) -> str:
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _pick(primary: Any, alias: Any, names: str) -> Any:
+    if primary is not None and alias is not None:
+        raise TypeError(f"write_evaluation: give only one of {names}")
+    return primary if primary is not None else alias
+
+
+def subgroup_table(y: np.ndarray, scores: np.ndarray, groups: pd.DataFrame) -> pd.DataFrame:
+    """AUROC with DeLong 95% CI per level of each column of ``groups`` (rows aligned with ``y``)."""
+    rows = []
+    for col in groups.columns:
+        values = groups[col]
+        for level in sorted(values.dropna().unique(), key=str):
+            mask = (values == level).to_numpy()
+            ys, ss = y[mask], scores[mask]
+            row: dict[str, Any] = {"variable": col, "level": str(level), "n": int(mask.sum()),
+                                   "n_pos": int(ys.sum()), "auroc": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+            if mask.sum() >= MIN_SUBGROUP and 0 < ys.sum() < ys.size:
+                d = delong_ci(ys, ss)
+                row.update(auroc=d["auc"], ci_low=d["ci_low"], ci_high=d["ci_high"])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["variable", "level", "n", "n_pos", "auroc", "ci_low", "ci_high"])
+
+
+def _subgroup_frame(ids: list[str], manifest: pd.DataFrame | None, clinical: pd.DataFrame | None) -> pd.DataFrame:
+    """Subgroup columns aligned with ``ids`` from the clinical table and manifest (indexed by patient_id)."""
+    out = pd.DataFrame(index=pd.Index(ids, name="patient_id"))
+    for table, cols in ((clinical, SUBGROUP_CLINICAL), (manifest, SUBGROUP_MANIFEST)):
+        if table is None:
+            continue
+        t = table.set_index("patient_id") if "patient_id" in table.columns else table
+        t = t[~t.index.duplicated()]
+        for c in cols:
+            if c in t.columns:
+                out[c] = t[c].reindex(ids).to_numpy()
+    return out
+
+
+def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, y: np.ndarray | None = None,
+                     scores: np.ndarray | None = None, threshold: float | None = None, *,
+                     model_name: str | None = None, data_name: str | None = None,
+                     reference_scores: dict[str, np.ndarray] | None = None,
+                     reference_thresholds: dict[str, float] | None = None, threshold_rule: str | None = None,
+                     n_boot: int = _BOOT.n_boot, seed: int = _BOOT.seed, manifest: pd.DataFrame | None = None,
+                     clinical: pd.DataFrame | None = None, context: dict[str, Any] | None = None,
+                     ids: list[str] | None = None, labels: np.ndarray | None = None, plots: bool = True) -> dict:
+    """Write metrics.json, predictions.csv, report.md and ROC/PR/calibration/decision PNGs to ``out_dir``.
+
+    ``threshold`` must have been chosen on validation data (``threshold_rule`` says how); it is applied
+    unchanged. ``reference_scores`` (e.g. a clinical baseline, aligned with ``patient_ids``) are compared
+    by DeLong; their threshold metrics are shown only when ``reference_thresholds`` supplies a validation
+    threshold (none is ever picked on these patients). ``manifest``/``clinical`` add subgroup AUROCs.
+    ``ids``/``labels`` are accepted as aliases of ``patient_ids``/``y``; ``context`` is stored verbatim.
+    Returns the metrics.json content.
+    """
+    from common import plots as P
+
+    patient_ids = _pick(patient_ids, ids, "patient_ids / ids")
+    y = _pick(y, labels, "y / labels")
+    if patient_ids is None or y is None or scores is None or threshold is None:
+        raise TypeError("write_evaluation needs patient_ids, y, scores and threshold")
+    context = dict(context or {})
+    model_name = model_name or Path(str(context.get("model", "model"))).name or "model"
+    data_name = data_name or str(context.get("site", "data"))
+    threshold_rule = threshold_rule or str(context.get("threshold_rule", "chosen on validation data"))
+    ids_list = [str(i) for i in patient_ids]
+    y = np.asarray(y, dtype=float).ravel()
+    scores = np.asarray(scores, dtype=float).ravel()
+    if not (len(ids_list) == y.size == scores.size):
+        raise ValueError(f"patient_ids ({len(ids_list)}), y ({y.size}) and scores ({scores.size}) differ in length")
+    if len(set(ids_list)) != len(ids_list):
+        dup = pd.Series(ids_list)[pd.Series(ids_list).duplicated()].iloc[0]
+        raise ValueError(f"duplicate patient id {dup!r} in the evaluation set")
+    references = {str(k): np.asarray(v, dtype=float).ravel() for k, v in (reference_scores or {}).items()}
+    for name, ref in references.items():
+        if ref.size != y.size:
+            raise ValueError(f"reference {name!r} has {ref.size} scores for {y.size} patients")
+    ref_thr = dict(reference_thresholds or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    both = 0 < y.sum() < y.size
+
+    report = binary_report(y, scores, float(threshold), n_boot=n_boot, seed=seed)
+    result: dict[str, Any] = {"model": model_name, "data": data_name, **report,
+                              "threshold": float(threshold), "threshold_rule": threshold_rule,
+                              "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "ci": "95% percentile",
+                                            "stratified": True}}
+    result["auroc_delong"] = delong_ci(y, scores) if both else None
+    cal = calibration(y, scores, n_bins=10)
+    result["calibration"] = {k: cal[k] for k in ("slope", "intercept", "citl", "brier")}
+    result["calibration"]["bins"] = pd.DataFrame({k: cal[k] for k in ("bin_low", "bin_high", "mean_predicted",
+                                                                      "observed_rate", "count")}).to_dict("records")
+    result["references"], result["delong"] = {}, {}
+    for name, ref in references.items():
+        # threshold metrics only at a validation threshold; otherwise +inf leaves them out of the table
+        rep = binary_report(y, ref, float(ref_thr.get(name, np.inf)), n_boot=n_boot, seed=seed)
+        if name not in ref_thr:
+            for k in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
+                rep[k] = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        result["references"][name] = {**rep, "threshold": ref_thr.get(name)}
+        result["delong"][name] = delong_test(y, scores, ref) if both else None
+    subgroups = _subgroup_frame(ids_list, manifest, clinical)
+    sub = subgroup_table(y, scores, subgroups) if subgroups.shape[1] else pd.DataFrame()
+    result["subgroups"] = sub.to_dict("records")
+    result["context"] = context
+
+    pred = pd.DataFrame({"patient_id": ids_list, "label": y.astype(int), "score": scores,
+                         "predicted": (scores >= float(threshold)).astype(int)})
+    for name, ref in references.items():
+        pred[f"score_{name}"] = ref
+    pred.to_csv(out / "predictions.csv", index=False)
+
+    figures: dict[str, str] = {}
+    if plots and both:
+        curves = {model_name: (y, scores), **{n: (y, r) for n, r in references.items()}}
+        where = f"{model_name} on {data_name}"
+        figures["roc"] = P.plot_roc(out / "roc.png", curves, title=f"ROC: {where}", band=model_name,
+                                    threshold=float(threshold), n_boot=n_boot, seed=seed).name
+        figures["pr"] = P.plot_pr(out / "pr.png", curves, title=f"Precision-recall: {where}").name
+        figures["calibration"] = P.plot_calibration(out / "calibration.png", curves, title=f"Calibration: {where}").name
+        figures["decision_curve"] = P.plot_decision_curve(out / "decision_curve.png", curves,
+                                                          title=f"Decision curve: {where}").name
+    result["figures"] = figures
+    result = _jsonable(result)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    (out / "report.md").write_text(_report_md(result, sub))
+    return result
+
+
+def _report_md(r: dict[str, Any], sub: pd.DataFrame) -> str:
+    """Markdown report: MRP-style Table 1 (rows = models), DeLong, calibration, subgroups, figures."""
+    def none_nan(d: dict | None) -> dict | None:
+        return None if d is None else {k: (math.nan if v is None else v) for k, v in d.items()}
+
+    n, n_pos = int(r["n"]["value"]), int(r["n_pos"]["value"])
+    lines = [f"# pCR evaluation: {r['model']} on {r['data']}", "",
+             f"- Patients: n = {n}, pCR = {n_pos} (prevalence {100 * (r['prevalence']['value'] or 0):.1f}%)",
+             f"- Operating threshold: {r['threshold']:.4f} — {r['threshold_rule']}; chosen on validation data "
+             "and applied unchanged here (positive iff score >= threshold).",
+             f"- 95% CIs: stratified bootstrap ({r['bootstrap']['n_boot']} resamples, seed {r['bootstrap']['seed']}, "
+             "positives and negatives resampled separately, percentile interval).",
+             ""]
+    if r.get("auroc_delong"):
+        d = r["auroc_delong"]
+        lines.append(f"- AUROC DeLong SE {d['se']:.3f}, 95% CI {d['ci_low']:.3f}–{d['ci_high']:.3f}.")
+        lines.append("")
+    header = ["Model"] + [label + (" (95% CI)" if k == "auroc" else "") for k, label in _TABLE_METRICS] + \
+        ["DeLong p vs " + r["model"]]
+    lines += ["## Table 1. Performance", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = [(r["model"], r, None)] + [(name, rep, (r.get("delong") or {}).get(name))
+                                      for name, rep in (r.get("references") or {}).items()]
+    for name, rep, dl in rows:
+        cells = [name] + [_fmt(none_nan(rep.get(k))) for k, _ in _TABLE_METRICS]
+        cells.append(_p(None if dl is None else dl.get("p")))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Threshold metrics of comparison models are shown only when they came with their own "
+              "validation threshold (never chosen on these patients).", ""]
+    if r.get("delong"):
+        lines += ["## DeLong comparisons (paired, same patients)", "",
+                  "| Comparison | AUROC model | AUROC reference | Difference (95% CI) | z | p |", "|---|---|---|---|---|---|"]
+        for name, d in r["delong"].items():
+            if d is None:
+                lines.append(f"| {r['model']} vs {name} | — | — | — | — | — |")
+                continue
+            lines.append(f"| {r['model']} vs {name} | {d['auc1']:.3f} | {d['auc2']:.3f} | {d['difference']:+.3f} "
+                         f"({d['diff_ci_low']:+.3f} to {d['diff_ci_high']:+.3f}) | {d['z']:.2f} | {_p(d['p'])} |")
+        lines.append("")
+    c = r["calibration"]
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    lines += ["## Calibration", "",
+              f"Calibration slope {fmt(c['slope'])}, intercept {fmt(c['intercept'])} (logistic fit on logit(score)); "
+              f"calibration-in-the-large {fmt(c['citl'])}; Brier {fmt(c['brier'])}. Ideal: slope 1, intercept 0.", ""]
+    if len(sub):
+        lines += ["## Subgroups (AUROC, DeLong 95% CI)", "", "| Variable | Level | n | pCR | AUROC (95% CI) |",
+                  "|---|---|---|---|---|"]
+        for row in sub.itertuples():
+            au = "—" if not np.isfinite(row.auroc) else f"{row.auroc:.3f} ({row.ci_low:.3f}–{row.ci_high:.3f})"
+            lines.append(f"| {row.variable} | {row.level} | {row.n} | {row.n_pos} | {au} |")
+        lines += ["", f"Subgroups smaller than {MIN_SUBGROUP} or without both outcomes get no AUROC.", ""]
+    if r.get("figures"):
+        lines += ["## Figures", ""] + [f"![{k}]({v})" for k, v in r["figures"].items()] + [""]
+    return "\n".join(lines)
+
+
+__all__ = ["MIN_SUBGROUP", "REPORT_METRICS", "subgroup_table", "write_evaluation"]
