@@ -1,0 +1,299 @@
+"""Read site caches (docs/CONTRACTS.md §2) and serve them as torch Datasets; patient-level splits."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from common.schema import MODEL_CLINICAL_FEATURES, RECEPTOR_TARGETS, encode_clinical
+
+MANIFEST_REQUIRED = ("patient_id", "site", "label", "channels", "shape", "volume", "prep_hash")
+#: In-memory volume cache budget per dataset (bytes of float16); larger caches are read from disk each time.
+MEMORY_BUDGET = 1 << 30
+
+
+@dataclass
+class SiteCache:
+    """A loaded site cache: manifest and clinical tables, preprocessing config and its hash."""
+
+    path: Path
+    manifest: pd.DataFrame  # indexed by patient_id (str)
+    clinical: pd.DataFrame  # indexed by patient_id (str); canonical columns
+    prep_config: dict[str, Any]
+    prep_hash: str
+    channels: tuple[str, ...]
+    issues: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def site(self) -> str:
+        """Site code(s) of the cache (``;``-joined if it holds several)."""
+        sites = sorted(set(self.manifest["site"].astype(str)))
+        return ";".join(sites) if sites else self.path.name
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.manifest.index)
+
+    def labels(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Labels as float (NaN = unlabelled) for ``ids`` (default: all patients)."""
+        ids = self.ids if ids is None else list(ids)
+        return self.manifest.loc[ids, "label"].to_numpy(dtype=np.float64)
+
+    def labelled_ids(self) -> list[str]:
+        return [pid for pid, y in zip(self.ids, self.labels()) if not np.isnan(y)]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"site cache file missing: {path}")
+    try:
+        return pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=True)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+def _parse_label(value: Any, pid: str, path: Path) -> float:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return float("nan")
+    try:
+        y = float(value)
+    except ValueError:
+        raise ValueError(f"{path}: patient {pid}: field 'label' must be 0, 1 or empty, got {value!r}") from None
+    if y not in (0.0, 1.0):
+        raise ValueError(f"{path}: patient {pid}: field 'label' must be 0, 1 or empty, got {value!r}")
+    return y
+
+
+def load_cache(path: str | Path) -> SiteCache:
+    """Load and validate a site cache. Structural problems raise with the file named; a patient whose
+    volume file is missing is dropped and recorded in ``issues`` (the rest goes on)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"site cache directory not found: {path}")
+    cfg_path = path / "prep_config.json"
+    try:
+        prep = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"site cache file missing: {cfg_path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {cfg_path}: {exc}") from exc
+    if not isinstance(prep, dict) or "config" not in prep or "hash" not in prep:
+        raise ValueError(f"{cfg_path}: expected {{'config': {{...}}, 'hash': '...'}}")
+    prep_hash = str(prep["hash"])
+    issues: list[dict[str, str]] = []
+    try:  # recompute the hash when the config is a current PrepConfig; a mismatch is reported
+        from common.config import PrepConfig, from_dict
+
+        recomputed = from_dict(PrepConfig, prep["config"], source=str(cfg_path)).hash()
+        if recomputed != prep_hash:
+            issues.append({"patient": "", "field": "prep_config.hash",
+                           "reason": f"{cfg_path}: stored hash {prep_hash} != recomputed {recomputed}"})
+    except (TypeError, ValueError) as exc:
+        issues.append({"patient": "", "field": "prep_config.config", "reason": f"{cfg_path}: {exc}"})
+
+    man_path = path / "manifest.csv"
+    manifest = _read_csv(man_path)
+    missing_cols = [c for c in MANIFEST_REQUIRED if c not in manifest.columns]
+    if missing_cols:
+        raise ValueError(f"{man_path}: missing columns {missing_cols}")
+    manifest["patient_id"] = manifest["patient_id"].astype(str)
+    if manifest["patient_id"].duplicated().any():
+        dup = manifest.loc[manifest["patient_id"].duplicated(), "patient_id"].tolist()
+        raise ValueError(f"{man_path}: duplicate patient_id {dup[:5]}")
+    manifest["label"] = [_parse_label(v, p, man_path) for v, p in zip(manifest["label"], manifest["patient_id"])]
+    bad_hash = manifest.loc[manifest["prep_hash"].astype(str) != prep_hash, "patient_id"].tolist()
+    if bad_hash:
+        raise ValueError(f"{man_path}: patients {bad_hash[:5]} have a prep_hash other than {cfg_path}'s "
+                         f"{prep_hash}; the cache mixes preprocessing runs")
+    chan_sets = set(manifest["channels"].astype(str))
+    if len(chan_sets) > 1:
+        raise ValueError(f"{man_path}: patients have different channel lists {sorted(chan_sets)}")
+    channels = tuple(next(iter(chan_sets)).split(";")) if chan_sets else tuple(prep["config"].get("channels", ()))
+    keep = []
+    for pid, rel in zip(manifest["patient_id"], manifest["volume"].astype(str)):
+        ok = (path / rel).is_file()
+        keep.append(ok)
+        if not ok:
+            issues.append({"patient": pid, "field": "volume", "reason": f"volume file missing: {path / rel}"})
+    manifest = manifest.loc[keep].set_index("patient_id", drop=False)
+
+    clin_path = path / "clinical.csv"
+    clinical = _read_csv(clin_path)
+    if "patient_id" not in clinical.columns:
+        raise ValueError(f"{clin_path}: missing column 'patient_id'")
+    clinical["patient_id"] = clinical["patient_id"].astype(str)
+    clinical = clinical.drop_duplicates("patient_id", keep="first").set_index("patient_id", drop=False)
+    for pid in manifest.index.difference(clinical.index):
+        issues.append({"patient": pid, "field": "clinical", "reason": f"no row in {clin_path}; clinical inputs missing"})
+    return SiteCache(path=path, manifest=manifest, clinical=clinical, prep_config=dict(prep["config"]),
+                     prep_hash=prep_hash, channels=channels, issues=issues)
+
+
+def check_same_prep(caches: Sequence[SiteCache]) -> str:
+    """Return the common prep hash, or raise naming both hashes and caches when they differ."""
+    if not caches:
+        raise ValueError("no site caches given")
+    first = caches[0]
+    for other in caches[1:]:
+        if other.prep_hash != first.prep_hash:
+            raise ValueError(f"preprocessing differs: {first.path} has prep hash {first.prep_hash}, "
+                             f"{other.path} has {other.prep_hash}; re-prepare with the same PrepConfig")
+    return first.prep_hash
+
+
+def split_patients(ids: Sequence[str], labels: Sequence[float], seed: int, val_fraction: float,
+                   test_fraction: float) -> dict[str, list[str]]:
+    """Stratified, deterministic patient split -> {"train", "val", "test"} (sorted id lists).
+
+    The result depends only on the set of (id, label) pairs, the seed and the fractions, not on input
+    order. Unlabelled patients (NaN) go to no split.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("split_patients: duplicate patient ids")
+    lab = np.asarray(labels, dtype=np.float64)
+    if len(lab) != len(ids):
+        raise ValueError(f"split_patients: {len(ids)} ids but {len(lab)} labels")
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    rng = np.random.default_rng(seed)
+    for cls in (0.0, 1.0):
+        members = sorted(i for i, y in zip(ids, lab) if y == cls)
+        order = [members[k] for k in rng.permutation(len(members))]
+        n_test = int(round(len(order) * test_fraction))
+        n_val = int(round(len(order) * val_fraction))
+        out["test"] += order[:n_test]
+        out["val"] += order[n_test:n_test + n_val]
+        out["train"] += order[n_test + n_val:]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+class PCRDataset(Dataset):
+    """Patients of one site cache as model-ready dicts (see docs/CONTRACTS.md §2).
+
+    ``channels`` selects a subset of the cache's channels by name (default: all, in cache order);
+    ``augment`` applies the MONAI training augmentation on the fly.
+    """
+
+    def __init__(self, cache: SiteCache, ids: Sequence[str], augment: bool = False, *,
+                 channels: Sequence[str] | None = None,
+                 clinical_features: Sequence[str] = MODEL_CLINICAL_FEATURES, seed: int = 0,
+                 memory_budget: int = MEMORY_BUDGET) -> None:
+        self.cache = cache
+        self.ids = [str(i) for i in ids]
+        unknown = [i for i in self.ids if i not in cache.manifest.index]
+        if unknown:
+            raise KeyError(f"patients {unknown[:5]} are not in site cache {cache.path}")
+        self.channels = tuple(channels) if channels is not None else cache.channels
+        absent = [c for c in self.channels if c not in cache.channels]
+        if absent:
+            raise ValueError(f"channels {absent} requested but site cache {cache.path} has {list(cache.channels)}")
+        self.channel_index = [cache.channels.index(c) for c in self.channels]
+        self.labels = cache.labels(self.ids).astype(np.float32)
+        rows = cache.clinical.reindex(self.ids)
+        self.clinical, self.clinical_present = encode_clinical(rows, tuple(clinical_features))
+        self.receptors, self.receptors_present = encode_clinical(rows, RECEPTOR_TARGETS)
+        self.paths = [cache.path / str(v) for v in cache.manifest.loc[self.ids, "volume"]]
+        self.augment = augment
+        self._transform = None
+        self._seed = seed
+        self._memory: dict[int, np.ndarray] = {}
+        self._budget = memory_budget
+        self._used = 0
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_random_state(self, seed: int) -> None:
+        """Reseed the augmentation (called per epoch and per DataLoader worker for determinism)."""
+        self._seed = int(seed)
+        if self._transform is not None:
+            self._transform.set_random_state(seed=self._seed)
+
+    def _volume(self, i: int) -> np.ndarray:
+        if i in self._memory:
+            return self._memory[i]
+        path = self.paths[i]
+        try:
+            arr = np.load(path, mmap_mode=None, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read volume of patient {self.ids[i]}: {path}: {exc}") from exc
+        if arr.ndim != 4 or arr.shape[0] != len(self.cache.channels):
+            raise ValueError(f"volume of patient {self.ids[i]} ({path}) has shape {arr.shape}, expected "
+                             f"({len(self.cache.channels)}, Z, Y, X) for channels {list(self.cache.channels)}")
+        arr = arr[self.channel_index]
+        if self._used + arr.nbytes <= self._budget:
+            self._memory[i] = arr
+            self._used += arr.nbytes
+        return arr
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self._volume(i).astype(np.float32)
+        if self.augment:
+            if self._transform is None:
+                from common.augment import train_transform
+
+                self._transform = train_transform()
+                self._transform.set_random_state(seed=self._seed)
+            image = self._transform({"image": image})["image"]
+        image_t = torch.as_tensor(image, dtype=torch.float32)
+        if hasattr(image_t, "as_tensor"):
+            image_t = image_t.as_tensor()  # MetaTensor -> plain tensor
+        return {
+            "image": image_t.contiguous(),
+            "clinical": torch.from_numpy(self.clinical[i]),
+            "clinical_present": torch.from_numpy(self.clinical_present[i]),
+            "receptors": torch.from_numpy(self.receptors[i]),
+            "receptors_present": torch.from_numpy(self.receptors_present[i]),
+            "label": torch.tensor(self.labels[i], dtype=torch.float32),
+            "index": i,
+        }
+
+
+def pool_datasets(datasets: Sequence[PCRDataset]) -> Dataset:
+    """Pool several sites' datasets for centralised training; refuses differing preprocessing."""
+    datasets = list(datasets)
+    check_same_prep([d.cache for d in datasets])
+    chans = {d.channels for d in datasets}
+    if len(chans) > 1:
+        raise ValueError(f"pooled datasets use different channels: {sorted(chans)}")
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+
+
+def leaf_datasets(dataset: Dataset) -> list[PCRDataset]:
+    """The PCRDatasets inside ``dataset`` (itself, or the parts of a ConcatDataset), in order."""
+    if isinstance(dataset, ConcatDataset):
+        return [leaf for d in dataset.datasets for leaf in leaf_datasets(d)]
+    if isinstance(dataset, PCRDataset):
+        return [dataset]
+    raise TypeError(f"expected PCRDataset or ConcatDataset of them, got {type(dataset).__name__}")
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Labels of every sample in dataset order (without loading images)."""
+    return np.concatenate([d.labels for d in leaf_datasets(dataset)]) if len(dataset) else np.zeros(0, np.float32)
+
+
+def dataset_ids(dataset: Dataset) -> list[tuple[str, str]]:
+    """(site, patient_id) of every sample in dataset order."""
+    return [(d.cache.site, pid) for d in leaf_datasets(dataset) for pid in d.ids]
+
+
+def warn_issues(cache: SiteCache) -> None:
+    """Emit one warning per recorded cache issue."""
+    for issue in cache.issues:
+        warnings.warn(f"{cache.path}: {issue['patient'] or '-'}: {issue['field']}: {issue['reason']}", stacklevel=2)
