@@ -1,0 +1,146 @@
+"""``flwr-client``: check (optionally prepare) this hospital's site cache, then run its SuperNode.
+
+TLS and SuperNode authentication are the default: ``--root-certificates`` (the federation's CA)
+and ``--auth-key`` (this hospital's private key; its ``.pub`` is registered at the SuperLink).
+``--insecure`` turns both off and must be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+BANNER = "!" * 78
+
+
+def check_site(data_path: Path) -> dict[str, object]:
+    """Load the cache and summarise it (patients, labels, prep hash); raises with a clear message."""
+    from common.data import load_cache
+
+    cache = load_cache(data_path)
+    labels = cache.labels()
+    labelled = labels[~np.isnan(labels)]
+    n_pos, n_neg = int((labelled == 1).sum()), int((labelled == 0).sum())
+    if n_pos + n_neg == 0:
+        raise ValueError(f"site cache {data_path} has no labelled patients (manifest.csv 'label' is empty); "
+                         "nothing to train on")
+    for issue in cache.issues:
+        print(f"warning: {issue['patient'] or '-'}: {issue['field']}: {issue['reason']}", file=sys.stderr)
+    return {"site": cache.site, "patients": len(cache.ids), "labelled": n_pos + n_neg, "pcr": n_pos,
+            "no_pcr": n_neg, "prep_hash": cache.prep_hash, "channels": list(cache.channels)}
+
+
+def prepare_site(dicom: Path, clinical: Path, out: Path, extra: Sequence[str]) -> None:
+    """Run the site's preprocessing (``fedpcr prepare``) from a raw DICOM tree + clinical table."""
+    from common.cli import main as fedpcr_main
+
+    argv = ["prepare", "--dicom", str(dicom), "--clinical", str(clinical), "--out", str(out), *extra]
+    print("preparing site data: fedpcr " + shlex.join(argv))
+    rc = fedpcr_main(argv)
+    if rc:
+        raise SystemExit(f"flwr-client: preprocessing failed (exit code {rc}); the SuperNode was not started")
+
+
+def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | None = None) -> str:
+    """``--node-config`` value: the cache path (site label, audit directory) as TOML strings."""
+    items = [f"data-path={_toml_str(str(data_path.resolve()))}"]
+    if site_name:
+        items.append(f"site-name={_toml_str(site_name)}")
+    if audit_dir is not None:
+        items.append(f"audit-dir={_toml_str(str(audit_dir.resolve()))}")
+    return " ".join(items)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def supernode_command(args: argparse.Namespace) -> list[str]:
+    """The ``flower-supernode`` command line for these arguments."""
+    exe = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
+    cmd = [exe, "--superlink", args.server, "--node-config", node_config_arg(args.data_path, args.site_name, args.audit_dir),
+           "--port", str(args.port)]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(args.root_certificates), "--auth-supernode-private-key", str(args.auth_key)]
+    if args.max_retries is not None:
+        cmd += ["--max-retries", str(args.max_retries)]
+    if args.max_wait_time is not None:
+        cmd += ["--max-wait-time", str(args.max_wait_time)]
+    if args.trusted_entities:
+        cmd += ["--trusted-entities", str(args.trusted_entities)]
+    return cmd
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="flwr-client", description="Join a fedpcr federation as a hospital: check "
+                                "(or prepare) the local site cache, then start the Flower SuperNode.")
+    p.add_argument("--server", required=True, help="SuperLink address HOST:PORT (Fleet API, default port 8000)")
+    p.add_argument("--data-path", required=True, type=Path, help="this site's prepared cache (fedpcr prepare --out)")
+    p.add_argument("--site-name", default=None, help="site label reported with results (default: the cache's site code)")
+    p.add_argument("--root-certificates", type=Path, help="the federation CA certificate (PEM)")
+    p.add_argument("--auth-key", type=Path, help="this hospital's SuperNode private key (OpenSSH, from fedpcr-certs)")
+    p.add_argument("--insecure", action="store_true", help="NO TLS and NO node authentication (local testing only)")
+    p.add_argument("--port", type=int, default=9094, help="local SuperNode runtime port (unique per node on a host)")
+    p.add_argument("--audit-dir", type=Path, default=None,
+                   help="keep a JSONL copy of every reply this site sends (metrics in full, arrays by sha256)")
+    p.add_argument("--dicom", type=Path, help="raw DICOM tree: prepare the cache into --data-path first")
+    p.add_argument("--clinical", type=Path, help="clinical table for --dicom")
+    p.add_argument("--prepare-args", default="", help="extra arguments for 'fedpcr prepare' (one quoted string)")
+    p.add_argument("--max-retries", type=int, default=None, help="give up after this many connection attempts")
+    p.add_argument("--max-wait-time", type=float, default=None, help="give up after this many seconds unconnected")
+    p.add_argument("--trusted-entities", type=Path, default=None, help="YAML of app publisher keys to accept")
+    p.add_argument("--check-only", action="store_true", help="check the site data and print the command; do not connect")
+    args = p.parse_args(argv)
+    if not args.insecure:
+        missing = [flag for flag, v in (("--root-certificates", args.root_certificates), ("--auth-key", args.auth_key))
+                   if v is None]
+        if missing:
+            p.error(f"{' and '.join(missing)} required (TLS and node authentication are on by default; "
+                    "--insecure turns them off)")
+        for flag, path in (("--root-certificates", args.root_certificates), ("--auth-key", args.auth_key)):
+            if not path.is_file():
+                p.error(f"{flag}: file not found: {path}")
+    if (args.dicom is None) != (args.clinical is None):
+        p.error("--dicom and --clinical go together")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``flwr-client``; replaces itself with ``flower-supernode`` (exec)."""
+    args = parse_args(argv)
+    if args.insecure:
+        print(f"{BANNER}\nWARNING: --insecure: NO TLS and NO SuperNode authentication. Model updates travel in "
+              f"clear text and anyone can join. Use only on a closed test network.\n{BANNER}", file=sys.stderr)
+    if args.dicom is not None:
+        prepare_site(args.dicom, args.clinical, args.data_path, shlex.split(args.prepare_args))
+    try:
+        info = check_site(args.data_path)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"flwr-client: site data not usable: {exc}", file=sys.stderr)
+        return 2
+    print(f"site {info['site']}: {info['patients']} patients, {info['labelled']} labelled "
+          f"({info['pcr']} pCR / {info['no_pcr']} no pCR), channels {','.join(info['channels'])}, "
+          f"prep hash {info['prep_hash']}")
+    cmd = supernode_command(args)
+    print("starting: " + shlex.join(cmd), flush=True)
+    if args.check_only:
+        return 0
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

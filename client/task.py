@@ -1,0 +1,120 @@
+"""Adapter between Flower records and ``common`` (data, model, training, threshold counts).
+
+Everything here runs at the hospital. What it returns to the ClientApp is already reduced to what
+may leave the site: model arrays, patient COUNTS, threshold counts on the shared grid and scalar
+losses. Patient IDs, per-patient scores and DICOM tags never leave this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from common.config import TrainConfig
+from common.data import PCRDataset, SiteCache, load_cache, split_patients
+from common.models import build_model
+from common.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's cache with its fixed patient split (same seed every run: val/test never train)."""
+
+    cache: SiteCache
+    splits: dict[str, list[str]]
+
+    def dataset(self, split: str, model_cfg: ModelConfig, augment: bool = False, seed: int = 0) -> PCRDataset:
+        return PCRDataset(self.cache, self.splits[split], augment=augment,
+                          clinical_features=model_cfg.clinical_features, seed=seed)
+
+
+def load_site(path: str, seed: int, val_fraction: float, test_fraction: float) -> SiteData:
+    """Load a site cache once per process (reloaded when its manifest changes) and split it by patient."""
+    manifest = Path(path) / "manifest.csv"
+    stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
+    return _load_site(str(path), stamp, seed, val_fraction, test_fraction)
+
+
+@lru_cache(maxsize=8)
+def _load_site(path: str, stamp: int, seed: int, val_fraction: float, test_fraction: float) -> SiteData:
+    cache = load_cache(Path(path))
+    ids = cache.labelled_ids()
+    if not ids:
+        raise ValueError(f"site cache {path} has no labelled patients")
+    splits = split_patients(ids, cache.labels(ids), seed, val_fraction, test_fraction)
+    return SiteData(cache=cache, splits=splits)
+
+
+def arrays_from_model(model: torch.nn.Module) -> ArrayRecord:
+    """State-dict-named ArrayRecord of a model (what travels to the server)."""
+    return ArrayRecord({k: Array(v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items()})
+
+
+def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named arrays into ``model`` (dtypes follow the model's own tensors)."""
+    state = model.state_dict()
+    missing = set(state) - set(arrays)
+    extra = set(arrays) - set(state)
+    if missing or extra:
+        raise ValueError(f"received arrays do not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(extra)[:5]}")
+    model.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(state[k].dtype) for k in state})
+
+
+def new_model(model_cfg: ModelConfig, seed: int) -> torch.nn.Module:
+    """A freshly initialised model (deterministic in ``seed``)."""
+    torch.manual_seed(seed)
+    return build_model(model_cfg)
+
+
+def norm_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of norm layers, selected by module type (FedBN keeps these local)."""
+    from common.train import norm_param_keys
+
+    return set(norm_param_keys(model))
+
+
+def train_local(model: torch.nn.Module, site: SiteData, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                epochs: int, prox_mu: float, seed: int) -> dict[str, float]:
+    """Train on the site's TRAIN split; returns ``{"loss", "n"}`` (n = training patients)."""
+    from common.train import get_weights, train_epochs
+
+    torch.manual_seed(seed)
+    dataset = site.dataset("train", model_cfg, augment=train_cfg.augment, seed=seed)
+    cfg = dataclasses.replace(train_cfg, prox_mu=float(prox_mu))
+    prox_ref = [np.array(w, copy=True) for w in get_weights(model)] if prox_mu > 0 else None
+    out = train_epochs(model, dataset, cfg, epochs, prox_ref=prox_ref)
+    return {"loss": float(out["loss"]), "n": int(len(dataset))}
+
+
+def evaluate_local(model: torch.nn.Module, site: SiteData, split: str, model_cfg: ModelConfig,
+                   train_cfg: TrainConfig) -> dict[str, Any]:
+    """Counts on the threshold grid for one split: ``{"counts", "n", "n_pos", "n_neg", "loss"}``."""
+    from common.train import predict
+    from server.aggregation import metrics_module
+
+    THRESHOLD_GRID, threshold_counts = metrics_module().THRESHOLD_GRID, metrics_module().threshold_counts
+
+    dataset = site.dataset(split, model_cfg)
+    if len(dataset) == 0:
+        counts = np.zeros((len(THRESHOLD_GRID), 4), dtype=np.int64)
+        return {"counts": counts, "n": 0, "n_pos": 0, "n_neg": 0, "loss": 0.0}
+    labels, scores = predict(model, dataset, train_cfg)
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    counts = np.asarray(threshold_counts(labels, scores, THRESHOLD_GRID), dtype=np.int64)
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return {"counts": counts, "n": int(len(labels)), "n_pos": int(labels.sum()),
+            "n_neg": int(len(labels) - labels.sum()), "loss": loss}

@@ -1,0 +1,260 @@
+"""``fedpcr-server``: the coordinator in one command.
+
+Starts a SuperLink with TLS and SuperNode authentication, registers the hospitals' public keys
+(``flwr supernode register``), submits the fedpcr app (``flwr run <app> fedpcr --stream``) with
+runtime dependency installation disabled, streams the log, and stops the SuperLink when the run
+is over (``--keep-running`` leaves it up). The hospitals join with ``flwr-client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+CONNECTION = "fedpcr"
+BANNER = "!" * 78
+ENV_DEFAULTS = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def _exe(name: str) -> str:
+    """A Flower executable from this environment (next to the running Python first)."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: private FLWR_HOME, no telemetry, no runtime installs."""
+    env = dict(os.environ)
+    for k, v in ENV_DEFAULTS.items():
+        env.setdefault(k, v)
+    env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def write_connection(flwr_home: Path, address: str, ca_cert: Path | None, insecure: bool) -> Path:
+    """Add/replace the ``[superlink.fedpcr]`` connection in ``$FLWR_HOME/config.toml`` (made default)."""
+    import tomli
+    import tomli_w
+
+    path = flwr_home / "config.toml"
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = tomli.loads(path.read_text()) if path.exists() else {}
+    conns = data.setdefault("superlink", {})
+    conn: dict[str, Any] = {"address": address}
+    if insecure:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(Path(ca_cert).resolve())  # type: ignore[arg-type]
+    conns[CONNECTION] = conn
+    conns["default"] = CONNECTION
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def superlink_command(args: argparse.Namespace) -> list[str]:
+    """``flower-superlink`` command line: TLS + SuperNode auth unless ``--insecure``."""
+    cmd = [_exe("flower-superlink"), "--host", args.host, "--port", str(args.port),
+           "--disable-runtime-dependency-installation"]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(args.ca_cert), "--ssl-certfile", str(args.server_cert),
+                "--ssl-keyfile", str(args.server_key), "--enable-supernode-auth"]
+    if args.database:
+        cmd += ["--database", str(args.database)]
+    return cmd
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until ``host:port`` accepts TCP connections (or raise)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"SuperLink exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"SuperLink did not open {host}:{port} within {timeout:.0f} s")
+
+
+def register_nodes(keys: Sequence[Path], env: dict[str, str]) -> list[str]:
+    """``flwr supernode register <key.pub> fedpcr --name <stem>`` for each hospital key."""
+    out = []
+    for key in keys:
+        res = subprocess.run([_exe("flwr"), "supernode", "register", str(key), CONNECTION, "--name", key.stem],
+                             env=env, capture_output=True, text=True, timeout=120)
+        text = (res.stdout + res.stderr).strip()
+        if res.returncode != 0:
+            raise RuntimeError(f"registering {key} failed (exit {res.returncode}): {text}")
+        print(f"registered {key.stem}: {text.splitlines()[-1] if text else 'ok'}", flush=True)
+        out.append(text)
+    return out
+
+
+def write_run_config(path: Path, values: dict[str, Any]) -> Path:
+    """TOML file of run-config overrides for ``flwr run --run-config``."""
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    import tomli
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"fedpcr-server: --set expects key=value (TOML value), got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed = tomli.loads(f"v = {value}")["v"]
+        except tomli.TOMLDecodeError:
+            parsed = value  # bare string
+        if isinstance(parsed, dict):  # model-config={"width": 4}: the *-config keys hold JSON text
+            import json
+
+            parsed = json.dumps(parsed)
+        out[key.strip()] = parsed
+    return out
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def default_app_dir() -> Path:
+    """The fedpcr project directory (holds pyproject.toml with the Flower app tables)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedpcr-server", description="Coordinator: start a SuperLink (TLS + "
+                                "SuperNode authentication), register hospital keys, run the fedpcr federation.")
+    p.add_argument("--certs", type=Path, help="directory from fedpcr-certs (ca.crt, server.pem, server.key)")
+    p.add_argument("--ca-cert", type=Path, help="CA certificate (default CERTS/ca.crt)")
+    p.add_argument("--server-cert", type=Path, help="SuperLink certificate (default CERTS/server.pem)")
+    p.add_argument("--server-key", type=Path, help="SuperLink private key (default CERTS/server.key)")
+    p.add_argument("--register", type=Path, nargs="*", default=[], help="hospital public keys (.pub) to admit")
+    p.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on (0.0.0.0 for a network)")
+    p.add_argument("--port", type=int, default=8000, help="SuperLink port (Fleet + Control + Runtime)")
+    p.add_argument("--connect-host", default=None, help="host name the CLI uses to reach the SuperLink "
+                   "(must be in the certificate SAN; default: --host, or 127.0.0.1 for 0.0.0.0)")
+    p.add_argument("--out-dir", type=Path, required=True, help="run output: checkpoints, metrics.jsonl, bundle, logs")
+    p.add_argument("--app", type=Path, default=None, help="fedpcr project directory (default: this installation)")
+    p.add_argument("--rounds", type=int, default=None, help="num-server-rounds")
+    p.add_argument("--strategy", default=None, help="fedavg | fedprox | fedadam | fedyogi | fedbn | fedtrimmedavg | fedmedian")
+    p.add_argument("--min-nodes", type=int, default=None, help="wait for this many hospitals before each round")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="other run-config key=value (repeatable)")
+    p.add_argument("--flwr-home", type=Path, default=None, help="Flower home (default: $FLWR_HOME or OUT/flwr-home)")
+    p.add_argument("--database", type=Path, default=None, help="SuperLink state database (default: in memory)")
+    p.add_argument("--insecure", action="store_true", help="NO TLS and NO SuperNode authentication (testing only)")
+    p.add_argument("--keep-running", action="store_true", help="leave the SuperLink up after the run")
+    p.add_argument("--startup-timeout", type=float, default=60.0)
+    args = p.parse_args(argv)
+    if not args.insecure:
+        c = args.certs
+        args.ca_cert = args.ca_cert or (c / "ca.crt" if c else None)
+        args.server_cert = args.server_cert or (c / "server.pem" if c else None)
+        args.server_key = args.server_key or (c / "server.key" if c else None)
+        for flag in ("ca_cert", "server_cert", "server_key"):
+            path = getattr(args, flag)
+            if path is None or not Path(path).is_file():
+                p.error(f"--{flag.replace('_', '-')} missing or not a file ({path}); TLS is required unless --insecure "
+                        "(make development certificates with fedpcr-certs)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedpcr-server``; returns 0 when the run wrote its model bundle."""
+    args = parse_args(argv)
+    out = args.out_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    flwr_home = (args.flwr_home or Path(os.environ.get("FLWR_HOME") or out / "flwr-home")).resolve()
+    env = flwr_env(flwr_home)
+    if args.insecure:
+        print(f"{BANNER}\nWARNING: --insecure: NO TLS and NO SuperNode authentication; anyone can join and "
+              f"model updates travel in clear text. Testing only.\n{BANNER}", file=sys.stderr)
+        if args.register:
+            print("note: --register is ignored without node authentication", file=sys.stderr)
+    connect_host = args.connect_host or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
+    write_connection(flwr_home, f"{connect_host}:{args.port}", args.ca_cert, args.insecure)
+
+    run_config: dict[str, Any] = {"out-dir": str(out)}
+    if args.rounds is not None:
+        run_config["num-server-rounds"] = args.rounds
+    if args.strategy is not None:
+        run_config["strategy"] = args.strategy
+    if args.min_nodes is not None:
+        run_config["min-nodes"] = args.min_nodes
+    run_config.update(_parse_set(args.sets))
+    from server.config import FederationConfig
+
+    FederationConfig.from_run_config(run_config)  # unknown keys / bad values fail here, before anything starts
+    rc_path = write_run_config(out / "run_config.toml", run_config)
+
+    superlink: subprocess.Popen | None = None
+    log_fh = (out / "superlink.log").open("ab")
+
+    def _terminate(signum: int, _frame: Any) -> None:  # SIGTERM/SIGHUP: stop the SuperLink on the way out
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    try:
+        cmd = superlink_command(args)
+        print("starting SuperLink: " + " ".join(cmd), flush=True)
+        superlink = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=str(out))
+        wait_for_port(connect_host, args.port, args.startup_timeout, superlink)
+        if not args.insecure:
+            register_nodes(args.register, env)
+        app_dir = (args.app or default_app_dir()).resolve()
+        run_cmd = [_exe("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(rc_path)]
+        print("submitting: " + " ".join(run_cmd), flush=True)
+        res = subprocess.run(run_cmd, env=env, cwd=str(app_dir))
+        bundle = out / "bundle" / "bundle.json"
+        ok = res.returncode == 0 and bundle.exists()
+        print(f"run {'finished' if ok else 'FAILED'}: flwr run exit {res.returncode}; bundle "
+              f"{'written to ' + str(bundle.parent) if bundle.exists() else 'missing'}", flush=True)
+        if args.keep_running:
+            print("SuperLink keeps running (Ctrl-C to stop)", flush=True)
+            superlink.wait()
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(superlink)
+        log_fh.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

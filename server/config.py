@@ -1,0 +1,108 @@
+"""Federation settings (one dataclass) shared by the ServerApp and the ClientApp.
+
+Under ``flower-superlink`` the values come from ``[tool.flwr.app.config]`` (``context.run_config``);
+under ``flwr.simulation.run_simulation`` the run config is empty, so every field has its default
+here and the simulation entry point injects overrides. The pyproject table must list the same keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from common.config import PrepConfig, TrainConfig, from_dict
+from common.models.config import ModelConfig, preset
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn", "fedtrimmedavg", "fedmedian")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """What a federated run does; keys are the run-config keys with ``-`` for ``_``."""
+
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    #: Rounds wait until this many SuperNodes are connected (and sample at least this many).
+    min_nodes: int = 2
+    local_epochs: int = 1
+    #: FedProx proximal weight mu (only used by ``fedprox``).
+    proximal_mu: float = 0.01
+    #: FedAdam / FedYogi server learning rate and adaptivity.
+    server_lr: float = 0.01
+    server_tau: float = 1e-3
+    #: FedTrimmedAvg fraction cut from each end.
+    trim_beta: float = 0.2
+    #: Seconds the server waits for replies in a round.
+    round_timeout: float = 3600.0
+    seed: int = 0
+    #: Where checkpoints, metrics.jsonl and the final bundle go (the ServerApp's machine).
+    out_dir: str = "fedpcr-runs/federated"
+    #: Resume from ``out_dir``'s last checkpoint when one exists.
+    resume: bool = True
+    #: Evaluate the initial model at the sites before round 1 (row ``round 0`` of metrics.jsonl).
+    initial_eval: bool = True
+    #: Also return test-split counts in evaluation ("val" | "test"); test is for final reporting only.
+    eval_split: str = "val"
+    #: Model preset name plus JSON overrides of ModelConfig fields ("" = none).
+    model_preset: str = "small"
+    model_config: str = ""
+    #: JSON overrides of TrainConfig / PrepConfig fields ("" = defaults).
+    train_config: str = ""
+    prep_config: str = ""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.eval_split not in ("val", "test"):
+            raise ValueError(f"eval-split must be 'val' or 'test', got {self.eval_split!r}")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None,
+                        ) -> "FederationConfig":
+        """Run config (possibly empty) + injected overrides -> config; unknown keys raise by name."""
+        data = dict(run_config or {})
+        data.update(overrides or {})
+        return from_dict(cls, data, source="federation run config")
+
+    def model(self) -> ModelConfig:
+        """The model config every node must build identically (its hash travels each round)."""
+        extra = _json(self.model_config, "model-config")
+        base = preset(self.model_preset)
+        return from_dict(ModelConfig, {**dataclasses.asdict(base), **extra}, source="model-config")
+
+    def train(self) -> TrainConfig:
+        """Local training settings (seed defaults to the federation seed)."""
+        extra = _json(self.train_config, "train-config")
+        extra.setdefault("seed", self.seed)
+        return from_dict(TrainConfig, extra, source="train-config")
+
+    def prep(self) -> PrepConfig:
+        """The preprocessing every site's cache must have been made with."""
+        return from_dict(PrepConfig, _json(self.prep_config, "prep-config"), source="prep-config")
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat dict with Flower's dashed keys (what ``[tool.flwr.app.config]`` holds)."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _json(text: str, key: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"run config {key!r} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"run config {key!r} must be a JSON object")
+    return value
+
+
+def config_json(cfg: Any) -> str:
+    """Compact JSON of a config dataclass, for the ``*-config`` run-config strings."""
+    from common.config import to_dict
+
+    return json.dumps(to_dict(cfg), sort_keys=True)
