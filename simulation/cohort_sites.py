@@ -62,8 +62,11 @@ DEFAULT_SITES: tuple[str, ...] = ("DUKE", "AAI", "AAQ", "ISPY1_AAB")
 
 #: Canonical subtype from (hr, her2) (common.schema.SUBTYPES).
 _SUBTYPE_FROM_RECEPTORS = {(1, 1): "luminal_her2", (1, 0): "luminal", (0, 1): "her2_pure", (0, 0): "triple_negative"}
+#: MAMA-MIA ``tumor_subtype`` -> our SUBTYPES, used only when hr/her2 are missing. In the MAMA-MIA table
+#: luminal_b is HR+/HER2+ and her2_enriched is HER2+ with either HR status (86 HR-, 83 HR+), so it is
+#: not mapped: the subtype stays unknown rather than guessed.
 _SUBTYPE_FROM_MAMA = {
-    "luminal_a": "luminal", "luminal_b": "luminal", "luminal": "luminal", "her2_enriched": "luminal_her2",
+    "luminal_a": "luminal", "luminal": "luminal", "luminal_b": "luminal_her2",
     "her2_pure": "her2_pure", "triple_negative": "triple_negative",
 }
 

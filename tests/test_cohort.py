@@ -353,3 +353,16 @@ def test_refuses_to_mix_with_an_earlier_cohort(extras: Path, tmp_path: Path) -> 
 def test_cli_rejects_unknown_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert synth_main(["--out", str(tmp_path / "x"), "--sites", "NOPE"]) == 2
     assert "NOPE" in capsys.readouterr().err
+
+
+def test_subtype_fallback_follows_the_mama_mia_legend():
+    """Receptors decide the subtype; MAMA-MIA's label is only a fallback and ambiguous codes stay unknown."""
+    import pandas as pd
+
+    from simulation.cohort_sites import _subtype
+
+    nan = float("nan")
+    assert _subtype(pd.Series({"hr": 1, "her2": 0, "tumor_subtype": "luminal_b"})) == "luminal"
+    assert _subtype(pd.Series({"hr": nan, "her2": nan, "tumor_subtype": "luminal_b"})) == "luminal_her2"
+    assert _subtype(pd.Series({"hr": nan, "her2": nan, "tumor_subtype": "luminal_a"})) == "luminal"
+    assert _subtype(pd.Series({"hr": nan, "her2": nan, "tumor_subtype": "her2_enriched"})) is None
