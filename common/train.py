@@ -88,6 +88,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw or radam")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-epoch learning-rate schedule of :func:`fit`: ``cosine`` anneals to 0 over ``cfg.epochs``."""
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(cfg.epochs)))
+    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; use constant or cosine")
+
+
 def make_loss(cfg: TrainConfig, train_labels: np.ndarray) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The pCR loss; ``weighted_bce`` balances classes with the TRAINING labels' n_neg/n_pos."""
     if cfg.loss == "focal":
@@ -340,6 +349,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
     _prepare_model(model, device)
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     best_state = copy.deepcopy(model.state_dict())
     best_score, best_epoch, since_best = -math.inf, 0, 0
     best_val: tuple[np.ndarray, np.ndarray] | None = None
@@ -347,6 +357,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
     for epoch in range(1, int(cfg.epochs) + 1):
         t0 = time.perf_counter()
         stats = train_epochs(model, train_ds, cfg, 1, optimizer=optimizer)
+        if scheduler is not None:
+            scheduler.step()
         y, s = predict(model, val_ds, cfg) if len(val_ds) else (np.zeros(0), np.zeros(0))
         val_auc = auroc(y, s)
         val_loss = _val_loss(y, s)
@@ -377,5 +389,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
 
 
 __all__ = ["FitResult", "NORM_TYPES", "auroc", "configure_cpu_threads", "fit", "get_weights", "make_loss", "make_optimizer",
+           "make_scheduler",
            "norm_param_keys", "operating_threshold", "predict", "proximal_term", "seed_everything",
            "select_device", "set_weights", "train_epochs"]

@@ -67,7 +67,8 @@ class ExperimentConfig:
     n_boot: int = 500
     model_preset: str = "small"
     prep: PrepConfig = field(default_factory=PrepConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, patience=100, augment=False))
+    #: Fixed-compute protocol: every arm trains ``epochs`` epochs at lr 1e-3 (no early stop, no augmentation).
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, patience=100, augment=False, lr=1e-3))
 
     @property
     def rounds(self) -> int:

@@ -17,8 +17,8 @@ from common.config import PrepConfig, TrainConfig
 from common.data import PCRDataset, dataset_ids, load_cache, pool_datasets, split_patients
 from common.losses import focal_loss, masked_bce, weighted_bce
 from common.models import build_model, preset
-from common.train import (fit, get_weights, predict, proximal_term, seed_everything, set_weights,
-                          train_epochs)
+from common.train import (fit, get_weights, make_optimizer, make_scheduler, predict, proximal_term,
+                          seed_everything, set_weights, train_epochs)
 from tests.cache_factory import make_cache
 
 FAST = TrainConfig(epochs=1, batch_size=8, augment=True, patience=3)
@@ -133,6 +133,22 @@ def test_focal_loss_matches_hand_computation():
     present = torch.tensor([1.0, 0.0, 1.0, 0.0])
     assert masked_bce(torch.tensor(z), torch.tensor(y), present).item() == pytest.approx(
         log_loss([y[0], y[2]], probs[[0, 2]]), rel=1e-5)
+
+
+def test_cosine_schedule_follows_closed_form_and_constant_is_none():
+    model = build_model(preset("small", width=4))
+    cfg = TrainConfig(lr=1e-3, epochs=8, lr_schedule="cosine")
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    for epoch in range(1, cfg.epochs + 1):
+        optimizer.step()
+        scheduler.step()
+        expected = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert make_scheduler(optimizer, TrainConfig(lr_schedule="constant")) is None
+    with pytest.raises(ValueError, match="lr_schedule 'step'"):
+        make_scheduler(optimizer, TrainConfig(lr_schedule="step"))
 
 
 def test_fedprox_term_zero_at_reference_and_gradient_points_back():
