@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from common.parallel import map_with_progress
 from simulation.clinical_writer import write_boxes, write_duke_clinical, write_ispy2_clinical, write_mama_mia_csv
 from simulation.cohort_sites import DEFAULT_SITES, Anchor, SiteSpec, load_mama_mia, resolve_sites, select_anchors
 from simulation.dicom_writer import ScannerInfo, StudyContext, safe_name, uid, write_series
@@ -229,18 +228,8 @@ def write_cohort(out: Path, sites: list[str] | tuple[str, ...] | None = None, pa
     table = load_mama_mia()
     anchors = {s.name: select_anchors(s, patients_per_site or s.n_default, seed, scale, table) for s in specs}
     jobs = [(s, a, cfg, i + 1, str(out)) for s in specs for i, a in enumerate(anchors[s.name])]
-    rows: list[dict[str, object]] = []
-    bar = tqdm(total=len(jobs), desc="synth patients", unit="pt", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for r in pool.map(_patient_job, jobs, chunksize=1):
-                rows.append(r)
-                bar.update()
-    else:
-        for j in jobs:
-            rows.append(_patient_job(j))
-            bar.update()
-    bar.close()
+    rows: list[dict[str, object]] = map_with_progress(_patient_job, jobs, workers=workers, desc="synth patients",
+                                                      unit="pt", progress=progress)
     truth = pd.DataFrame(rows)
     for s in specs:
         _write_site_tables(out / s.name, s, anchors[s.name], truth[truth["site"] == s.name], list(table.columns))

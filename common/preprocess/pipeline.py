@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from common.config import PHASE_NAMES, PrepConfig, to_dict
+from common.parallel import map_with_progress
 from common.preprocess.boxes import Box, read_boxes
 from common.preprocess.dicom import DicomError, Selection, SliceHeader, group_patients, list_files, scan_files, \
     select_series
@@ -400,18 +401,8 @@ def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path,
             or dicom.name
         jobs.append((pid, hs, cfg, box, str(out), site_name, None if pd.isna(label) else float(label)))
 
-    results: list[dict[str, Any]] = []
-    bar = tqdm(total=len(jobs), desc="prepare patients", unit="pt", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for r in pool.map(_job, jobs, chunksize=1):
-                results.append(r)
-                bar.update()
-    else:
-        for j in jobs:
-            results.append(_job(j))
-            bar.update()
-    bar.close()
+    results: list[dict[str, Any]] = map_with_progress(_job, jobs, workers=workers, desc="prepare patients", unit="pt",
+                                                      progress=progress)
 
     rows, krows = [], []
     for r in results:
