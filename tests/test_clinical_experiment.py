@@ -57,6 +57,8 @@ def _independent_duke_auc() -> float:
     return float(roc_auc_score(raw["pcr"][duke], model.predict_proba(X[duke])[:, 1]))
 
 
+# anti-HER2 therapy is recorded for Duke only, so the independent reference fit (trained elsewhere) drops it
+@pytest.mark.filterwarnings("ignore:Skipping features without any observed values:UserWarning")
 def test_heldout_duke_clinical_lr_matches_independent_fit(data, duke_fold) -> None:
     arms = run_fold_method(data, duke_fold, "clinical-lr", 0, CFG)
     assert len(arms) == 1
