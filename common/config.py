@@ -7,9 +7,10 @@ rejects unknown keys by name, and hashes stably with ``.hash()``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -62,7 +63,8 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-5
     optimizer: str = "adamw"  # "adamw" | "radam"
-    lr_schedule: str = "constant"  # "constant" | "cosine" (per epoch over ``epochs``; centralised fit only)
+    #: "constant" | "cosine" (per epoch over ``epochs``): centralised fit only; a federated train-config refuses it.
+    lr_schedule: str = "constant"
     loss: str = "weighted_bce"  # "weighted_bce" (n_neg/n_pos from training labels) | "focal" | "bce"
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
@@ -78,6 +80,23 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers (use >0 on GPU machines)
     threshold_rule: str = "youden"  # operating point on validation data: "youden" | "weighted_youden"
     youden_weight: float = 0.5  # w in max(w*sens + (1-w)*spec - 1); 0.5 = Youden
+
+    #: Allowed values of the string-valued fields, checked when the config is built so a typo in a YAML
+    #: file or a federated ``train-config`` fails at once, naming the field, not later inside training.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optimizer": ("adamw", "radam"),
+        "lr_schedule": ("constant", "cosine"),
+        "loss": ("weighted_bce", "focal", "bce"),
+        "threshold_rule": ("youden", "weighted_youden"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name}: unknown value {value!r}; use one of {', '.join(allowed)}")
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ValueError(f"TrainConfig.device: unknown value {self.device!r}; use auto, cpu, cuda or cuda:N")
 
     def hash(self) -> str:
         return stable_hash(self)
@@ -99,7 +118,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "confi
         if isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a field's value refused by the config itself: say where it came from
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def load_yaml(cls: type[T], path: str | Path | None) -> T:

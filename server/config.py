@@ -78,7 +78,13 @@ class FederationConfig:
         """Local training settings (seed defaults to the federation seed)."""
         extra = _json(self.train_config, "train-config")
         extra.setdefault("seed", self.seed)
-        return from_dict(TrainConfig, extra, source="train-config")
+        cfg = from_dict(TrainConfig, extra, source="train-config")
+        if cfg.lr_schedule != "constant":
+            # a round trains local_epochs from the global weights with a fresh optimiser: an epoch schedule
+            # over TrainConfig.epochs would silently never apply, so refuse it instead of ignoring it
+            raise ValueError(f"train-config: lr_schedule {cfg.lr_schedule!r} applies to centralised training "
+                             "(fedpcr train, the pooled and local arms) only; federated runs use 'constant'")
+        return cfg
 
     def prep(self) -> PrepConfig:
         """The preprocessing every site's cache must have been made with."""

@@ -50,6 +50,29 @@ def test_yaml_with_dashes_loads(tmp_path) -> None:
     assert cfg.prox_mu == 0.01 and cfg.epochs == 3 and cfg.lr == TrainConfig().lr
 
 
+def test_train_config_refuses_unknown_choices_naming_field_and_file(tmp_path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("loss: wbce\nepochs: 3\n")
+    with pytest.raises(ValueError, match="TrainConfig.loss: unknown value 'wbce'") as info:
+        load_yaml(TrainConfig, path)
+    assert str(path) in str(info.value)
+    for field, bad in [("optimizer", "sgd"), ("lr_schedule", "step"), ("threshold_rule", "f1"), ("device", "gpu")]:
+        with pytest.raises(ValueError, match=f"TrainConfig.{field}: unknown value '{bad}'"):
+            TrainConfig(**{field: bad})
+    assert TrainConfig(device="cuda:1").device == "cuda:1"  # a GPU index is accepted
+
+
+def test_federated_train_config_refuses_lr_schedule() -> None:
+    """An epoch schedule cannot apply to rounds of local epochs, so the coordinator refuses it instead of ignoring it."""
+    from server.config import FederationConfig
+
+    assert FederationConfig(train_config=json.dumps({"lr": 1e-3})).train().lr == 1e-3
+    with pytest.raises(ValueError, match="train-config: lr_schedule 'cosine'"):
+        FederationConfig(train_config=json.dumps({"lr_schedule": "cosine"})).train()
+    with pytest.raises(ValueError, match="train-config: TrainConfig.loss"):
+        FederationConfig(train_config=json.dumps({"loss": "hinge"})).train()
+
+
 def test_model_presets() -> None:
     assert preset("paper").depth >= 18
     assert preset("small", norm="instance").norm == "instance"
