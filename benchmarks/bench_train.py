@@ -42,7 +42,8 @@ def bench(name: str, shape: tuple[int, int, int], n: int, epochs: int, cfg: Trai
     t1 = time.perf_counter()
     predict(model, ds, cfg)
     dp = time.perf_counter() - t1
-    print(f"{name:6s} input {(3, *shape)} n={n} batch {cfg.batch_size} device {cfg.device} amp {cfg.amp and cfg.device == 'cuda'} "
+    amp = cfg.amp and cfg.device == "cuda"  # what training actually uses (AMP is CUDA only)
+    print(f"{name:6s} input {(3, *shape)} n={n} batch {cfg.batch_size} device {cfg.device} amp {amp} "
           f"threads {torch.get_num_threads()} augment {cfg.augment}: train {n / dt:7.1f} samples/s, "
           f"{dt:6.2f} s/epoch; inference {n / dp:7.1f} samples/s", flush=True)
 

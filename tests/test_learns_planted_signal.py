@@ -50,14 +50,14 @@ def prepared_cohort(tmp_path_factory: pytest.TempPathFactory) -> list:
     return caches
 
 
-def _cross_validated_scores(caches: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Out-of-fold (labels, fusion scores, clinical-LR scores, fold index) over every labelled patient."""
+def _cross_validated_scores(caches: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold (labels, fusion scores, clinical-LR scores) over every labelled patient."""
     keys = [(k, pid) for k, c in enumerate(caches) for pid in c.manifest.index if not np.isnan(c.labels([pid])[0])]
+    position = {key: i for i, key in enumerate(keys)}
     labels = np.array([caches[k].labels([pid])[0] for k, pid in keys])
     strata = [f"{k}:{int(y)}" for (k, _), y in zip(keys, labels)]  # stratified by site and label
     fusion = np.full(len(keys), np.nan)
     clinical = np.full(len(keys), np.nan)
-    fold_of = np.full(len(keys), -1)
     folds = StratifiedKFold(N_FOLDS, shuffle=True, random_state=0).split(np.zeros(len(keys)), strata)
     for fold, (train_idx, test_idx) in enumerate(folds):
         cfg = dataclasses.replace(TrainConfig(), seed=fold, device="cpu")
@@ -68,26 +68,24 @@ def _cross_validated_scores(caches: list) -> tuple[np.ndarray, np.ndarray, np.nd
             split = split_patients(tr, cache.labels(tr), fold, cfg.val_fraction, 0.0)  # inner validation
             train_parts.append(PCRDataset(cache, split["train"], augment=cfg.augment))
             val_parts.append(PCRDataset(cache, split["val"]))
-            test_parts.append((cache, te))
+            test_parts.append((k, cache, te))
             lr_parts.append((cache, tr))
         torch.manual_seed(fold)
         model = build_model(preset("small"))
         fit(model, pool_datasets(train_parts), pool_datasets(val_parts), cfg, log=None)
         baseline = ClinicalLogistic().fit(lr_parts)
-        for cache, te in test_parts:
-            k = caches.index(cache)
-            where = [keys.index((k, pid)) for pid in te]
+        for k, cache, te in test_parts:
+            where = [position[(k, pid)] for pid in te]
             _, scores = predict(model, PCRDataset(cache, te), cfg)
             fusion[where] = scores
-            fold_of[where] = fold
             clinical[where] = baseline.predict(cache, te)
     assert not np.isnan(fusion).any() and not np.isnan(clinical).any()
-    return labels, fusion, clinical, fold_of
+    return labels, fusion, clinical
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")  # site x pCR strata of 4 in ISPY1_AAB
 def test_fusion_learns_planted_signal_beyond_clinical_baseline(prepared_cohort):
-    labels, fusion, clinical, _ = _cross_validated_scores(prepared_cohort)
+    labels, fusion, clinical = _cross_validated_scores(prepared_cohort)
     auc_fusion = roc_auc_score(labels, fusion)
     auc_clinical = roc_auc_score(labels, clinical)
     test = delong_test(labels, fusion, clinical)
