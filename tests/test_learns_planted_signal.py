@@ -83,6 +83,7 @@ def _cross_validated_scores(caches: list) -> tuple[np.ndarray, np.ndarray, np.nd
     return labels, fusion, clinical
 
 
+@pytest.mark.slow  # ~7 min on 2 cores: the issue-4 acceptance check, run with `pytest -m slow`
 @pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")  # site x pCR strata of 4 in ISPY1_AAB
 def test_fusion_learns_planted_signal_beyond_clinical_baseline(prepared_cohort):
     labels, fusion, clinical = _cross_validated_scores(prepared_cohort)
