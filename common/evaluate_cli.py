@@ -16,6 +16,7 @@ import numpy as np
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options of ``fedpcr evaluate``."""
     p = argparse.ArgumentParser(prog="fedpcr evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model bundle directory (from fedpcr train or a federated run)")
     p.add_argument("--cache", required=True, help="site cache directory")
@@ -77,6 +78,7 @@ def reference_scores(bundle: Any, names: list[str], cache: Any, ids: list[str]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score the cache with the bundle and write the evaluation report; returns the exit status."""
     import dataclasses
 
     from common.bundle import load_bundle

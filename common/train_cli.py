@@ -24,6 +24,7 @@ SPLIT_FILE = "split.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options of ``fedpcr train``."""
     p = argparse.ArgumentParser(prog="fedpcr train", description=__doc__.splitlines()[0])
     p.add_argument("--cache", nargs="+", required=True, help="site cache directories (several = pooled training)")
     p.add_argument("--out", required=True, help="output run directory (model bundle)")
@@ -58,6 +59,7 @@ def read_configs(path: str | None, model_preset: str, in_channels: int) -> tuple
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train on the site caches and write the model bundle plus the local split file; returns the exit status."""
     import numpy as np
 
     from common.bundle import save_bundle

@@ -18,6 +18,7 @@ import pandas as pd
 ROW_COLUMNS: tuple[str, ...] = (
     "experiment", "method", "train_sites", "test_site", "metric", "value", "ci_low", "ci_high", "seed",
 )
+
 #: Name of the pooled internal test set (concatenation of every training site's internal test split).
 POOLED = "pooled"
 

@@ -36,6 +36,7 @@ def _split_list(text: str | None) -> tuple[str, ...] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``simulation/run.py``."""
     p = argparse.ArgumentParser(prog="simulation/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
