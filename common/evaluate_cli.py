@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options of ``fedpcr evaluate``."""
     p = argparse.ArgumentParser(prog="fedpcr evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model bundle directory (from fedpcr train or a federated run)")
     p.add_argument("--cache", required=True, help="site cache directory")
@@ -77,41 +77,13 @@ def reference_scores(bundle: Any, names: list[str], cache: Any, ids: list[str]) 
     return scores, thresholds
 
 
-def write_basic(out: Path, ids: list[str], labels: np.ndarray, scores: np.ndarray, threshold: float,
-                context: dict[str, Any], n_boot: int) -> None:
-    """Fallback report (metrics.json, predictions.csv, report.md) used when common.evaluation is absent."""
-    from common.train import auroc
-
-    out.mkdir(parents=True, exist_ok=True)
-    pred = scores >= threshold
-    pos, neg = labels == 1, labels == 0
-    metrics: dict[str, Any] = {
-        "auroc": auroc(labels, scores),
-        "sensitivity": float((pred & pos).sum() / max(pos.sum(), 1)),
-        "specificity": float((~pred & neg).sum() / max(neg.sum(), 1)),
-        "n": int(len(labels)), "n_pos": int(pos.sum()), "threshold": threshold,
-    }
-    try:
-        from common.metrics import binary_report
-
-        metrics = {"report": binary_report(labels, scores, threshold, n_boot=n_boot), **metrics}
-    except ImportError:
-        pass
-    (out / "metrics.json").write_text(json.dumps({"context": context, "metrics": metrics}, indent=1, default=str))
-    pd.DataFrame({"patient_id": ids, "label": labels.astype(int), "score": scores, "predicted": pred.astype(int)}
-                 ).to_csv(out / "predictions.csv", index=False)
-    lines = [f"# pCR evaluation: {context['site']}", "", f"- model: {context['model']}",
-             f"- patients: {context['patients']}", f"- threshold: {threshold:.3f} ({context['threshold_rule']})", ""]
-    lines += [f"| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in metrics.items() if isinstance(v, float)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
 def run(args: argparse.Namespace) -> int:
+    """Score the cache with the bundle and write the evaluation report; returns the exit status."""
     import dataclasses
 
     from common.bundle import load_bundle
     from common.data import PCRDataset, load_cache, warn_issues
+    from common.evaluation import write_evaluation
     from common.train import predict
 
     bundle = load_bundle(args.model)
@@ -136,17 +108,10 @@ def run(args: argparse.Namespace) -> int:
                "patients": note, "threshold_rule": bundle.threshold_rule, "split": args.split}
     refs, ref_thresholds = reference_scores(bundle, args.reference, cache, ids)
     out = Path(args.out)
-    try:
-        from common.evaluation import write_evaluation
-    except ImportError:
-        write_evaluation = None
-    if write_evaluation is not None:
-        write_evaluation(out, ids=ids, labels=labels, scores=scores, threshold=bundle.threshold,
-                         manifest=cache.manifest.loc[ids], clinical=cache.clinical.reindex(ids),
-                         context=context, n_boot=args.n_boot, reference_scores=refs or None,
-                         reference_thresholds=ref_thresholds or None)
-    else:
-        write_basic(out, ids, labels, scores, bundle.threshold, context, args.n_boot)
+    write_evaluation(out, ids=ids, labels=labels, scores=scores, threshold=bundle.threshold,
+                     manifest=cache.manifest.loc[ids], clinical=cache.clinical.reindex(ids),
+                     context=context, n_boot=args.n_boot, reference_scores=refs or None,
+                     reference_thresholds=ref_thresholds or None)
     print(f"{cache.site}: {len(ids)} patients ({note}); report written to {out}")
     return 0
 

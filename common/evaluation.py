@@ -115,8 +115,6 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
     ``ids``/``labels`` are accepted as aliases of ``patient_ids``/``y``; ``context`` is stored verbatim.
     Returns the metrics.json content.
     """
-    from common import plots as P
-
     patient_ids = _pick(patient_ids, ids, "patient_ids / ids")
     y = _pick(y, labels, "y / labels")
     if patient_ids is None or y is None or scores is None or threshold is None:
@@ -125,19 +123,7 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
     model_name = model_name or Path(str(context.get("model", "model"))).name or "model"
     data_name = data_name or str(context.get("site", "data"))
     threshold_rule = threshold_rule or str(context.get("threshold_rule", "chosen on validation data"))
-    ids_list = [str(i) for i in patient_ids]
-    y = np.asarray(y, dtype=float).ravel()
-    scores = np.asarray(scores, dtype=float).ravel()
-    if not (len(ids_list) == y.size == scores.size):
-        raise ValueError(f"patient_ids ({len(ids_list)}), y ({y.size}) and scores ({scores.size}) differ in length")
-    if len(set(ids_list)) != len(ids_list):
-        dup = pd.Series(ids_list)[pd.Series(ids_list).duplicated()].iloc[0]
-        raise ValueError(f"duplicate patient id {dup!r} in the evaluation set")
-    references = {str(k): np.asarray(v, dtype=float).ravel() for k, v in (reference_scores or {}).items()}
-    for name, ref in references.items():
-        if ref.size != y.size:
-            raise ValueError(f"reference {name!r} has {ref.size} scores for {y.size} patients")
-    ref_thr = dict(reference_thresholds or {})
+    ids_list, y, scores, references = _checked_inputs(patient_ids, y, scores, reference_scores)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     both = 0 < y.sum() < y.size
@@ -152,15 +138,8 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
     result["calibration"] = {k: cal[k] for k in ("slope", "intercept", "citl", "brier")}
     result["calibration"]["bins"] = pd.DataFrame({k: cal[k] for k in ("bin_low", "bin_high", "mean_predicted",
                                                                       "observed_rate", "count")}).to_dict("records")
-    result["references"], result["delong"] = {}, {}
-    for name, ref in references.items():
-        # threshold metrics only at a validation threshold; otherwise +inf leaves them out of the table
-        rep = binary_report(y, ref, float(ref_thr.get(name, np.inf)), n_boot=n_boot, seed=seed)
-        if name not in ref_thr:
-            for k in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
-                rep[k] = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-        result["references"][name] = {**rep, "threshold": ref_thr.get(name)}
-        result["delong"][name] = delong_test(y, scores, ref) if both else None
+    result["references"], result["delong"] = _reference_results(y, scores, references,
+                                                                 dict(reference_thresholds or {}), n_boot, seed)
     subgroups = _subgroup_frame(ids_list, manifest, clinical)
     sub = subgroup_table(y, scores, subgroups) if subgroups.shape[1] else pd.DataFrame()
     result["subgroups"] = sub.to_dict("records")
@@ -172,21 +151,63 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
         pred[f"score_{name}"] = ref
     pred.to_csv(out / "predictions.csv", index=False)
 
-    figures: dict[str, str] = {}
-    if plots and both:
-        curves = {model_name: (y, scores), **{n: (y, r) for n, r in references.items()}}
-        where = f"{model_name} on {data_name}"
-        figures["roc"] = P.plot_roc(out / "roc.png", curves, title=f"ROC: {where}", band=model_name,
-                                    threshold=float(threshold), n_boot=n_boot, seed=seed).name
-        figures["pr"] = P.plot_pr(out / "pr.png", curves, title=f"Precision-recall: {where}").name
-        figures["calibration"] = P.plot_calibration(out / "calibration.png", curves, title=f"Calibration: {where}").name
-        figures["decision_curve"] = P.plot_decision_curve(out / "decision_curve.png", curves,
-                                                          title=f"Decision curve: {where}").name
-    result["figures"] = figures
+    curves = {model_name: (y, scores), **{n: (y, r) for n, r in references.items()}}
+    result["figures"] = _figures(out, curves, model_name, f"{model_name} on {data_name}", float(threshold),
+                                 n_boot, seed) if plots and both else {}
     result = _jsonable(result)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text(_report_md(result, sub))
     return result
+
+
+def _checked_inputs(patient_ids: list[str], y: np.ndarray, scores: np.ndarray,
+                    reference_scores: dict[str, np.ndarray] | None
+                    ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """IDs, labels, scores and reference scores as flat arrays; mismatched lengths or duplicate IDs raise."""
+    ids_list = [str(i) for i in patient_ids]
+    y = np.asarray(y, dtype=float).ravel()
+    scores = np.asarray(scores, dtype=float).ravel()
+    if not (len(ids_list) == y.size == scores.size):
+        raise ValueError(f"patient_ids ({len(ids_list)}), y ({y.size}) and scores ({scores.size}) differ in length")
+    if len(set(ids_list)) != len(ids_list):
+        dup = pd.Series(ids_list)[pd.Series(ids_list).duplicated()].iloc[0]
+        raise ValueError(f"duplicate patient id {dup!r} in the evaluation set")
+    references = {str(k): np.asarray(v, dtype=float).ravel() for k, v in (reference_scores or {}).items()}
+    for name, ref in references.items():
+        if ref.size != y.size:
+            raise ValueError(f"reference {name!r} has {ref.size} scores for {y.size} patients")
+    return ids_list, y, scores, references
+
+
+def _reference_results(y: np.ndarray, scores: np.ndarray, references: dict[str, np.ndarray],
+                       ref_thr: dict[str, float], n_boot: int, seed: int) -> tuple[dict, dict]:
+    """Per reference: its report (threshold metrics only at a validation threshold) and DeLong vs the model."""
+    both = 0 < y.sum() < y.size
+    reports, delong = {}, {}
+    for name, ref in references.items():
+        # threshold metrics only at a validation threshold; otherwise +inf leaves them out of the table
+        rep = binary_report(y, ref, float(ref_thr.get(name, np.inf)), n_boot=n_boot, seed=seed)
+        if name not in ref_thr:
+            for k in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
+                rep[k] = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        reports[name] = {**rep, "threshold": ref_thr.get(name)}
+        delong[name] = delong_test(y, scores, ref) if both else None
+    return reports, delong
+
+
+def _figures(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], model_name: str, where: str,
+             threshold: float, n_boot: int, seed: int) -> dict[str, str]:
+    """ROC (with the model's bootstrap band), PR, calibration and decision-curve PNGs; returns their names."""
+    from common import plots as P
+
+    return {
+        "roc": P.plot_roc(out / "roc.png", curves, title=f"ROC: {where}", band=model_name, threshold=threshold,
+                          n_boot=n_boot, seed=seed).name,
+        "pr": P.plot_pr(out / "pr.png", curves, title=f"Precision-recall: {where}").name,
+        "calibration": P.plot_calibration(out / "calibration.png", curves, title=f"Calibration: {where}").name,
+        "decision_curve": P.plot_decision_curve(out / "decision_curve.png", curves,
+                                                title=f"Decision curve: {where}").name,
+    }
 
 
 def _report_md(r: dict[str, Any], sub: pd.DataFrame) -> str:

@@ -14,7 +14,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, 
     binary logits; this is the standard binary form.) ``alpha=None`` disables class balancing.
     """
     targets = targets.to(logits.dtype)
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # = -log(p_t), stable
+    ce = weighted_bce(logits, targets, reduction="none")  # = -log(p_t), stable
     p = torch.sigmoid(logits)
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t).pow(gamma)
@@ -27,13 +27,14 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float 
                  reduction: str = "mean") -> torch.Tensor:
     """BCE with logits; ``pos_weight`` (n_neg / n_pos of the TRAINING labels) balances the classes."""
     pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    # The one BCE-with-logits call: focal_loss and masked_bce build on this function.
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pw, reduction=reduction)
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Mean BCE over entries with ``present`` = 1 (0 when none are present): the auxiliary receptor loss."""
     present = present.to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none") * present
+    loss = weighted_bce(logits, targets, reduction="none") * present
     return loss.sum() / present.sum().clamp_min(1.0)
 
 

@@ -45,8 +45,6 @@ _BOOT = BootstrapConfig()
 #: Metrics of :func:`binary_report` that get a bootstrap CI, in report order.
 REPORT_METRICS: tuple[str, ...] = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv",
                                    "balanced_accuracy", "brier")
-#: Plain descriptive entries of :func:`binary_report` (same {"value","ci_low","ci_high"} shape, CI = NaN).
-REPORT_COUNTS: tuple[str, ...] = ("n", "n_pos", "prevalence")
 
 
 # ---------------------------------------------------------------- histogram core
@@ -131,6 +129,19 @@ def brier_score(y: np.ndarray, scores: np.ndarray) -> float:
     """Mean squared error of probabilities against 0/1 outcomes."""
     yy, s = _check_labels_scores(y, scores, probabilities=True)
     return float(np.mean((s - yy) ** 2))
+
+
+def binary_cross_entropy(y: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean BCE (log loss) of probabilities clipped to [eps, 1-eps] against 0/1 outcomes; NaN when empty.
+
+    The one validation/evaluation loss on predicted probabilities (training losses on logits live in
+    ``common.losses``).
+    """
+    yy, s = _check_labels_scores(y, scores, probabilities=True)
+    if yy.size == 0:
+        return float("nan")
+    p = np.clip(s, eps, 1.0 - eps)
+    return float(-np.mean(yy * np.log(p) + (1 - yy) * np.log(1.0 - p)))
 
 
 def confusion_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
@@ -308,8 +319,8 @@ def decision_curve(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | N
 
 
 __all__ = [
-    "BootstrapConfig", "COUNT_COLUMNS", "REPORT_COUNTS", "REPORT_METRICS", "THRESHOLD_GRID", "auprc", "auroc",
-    "auroc_from_counts", "binary_report", "bootstrap_metrics", "bootstrap_roc_band", "brier_score", "calibration",
+    "BootstrapConfig", "COUNT_COLUMNS", "REPORT_METRICS", "THRESHOLD_GRID", "auprc", "auroc",
+    "auroc_from_counts", "binary_cross_entropy", "binary_report", "bootstrap_metrics", "bootstrap_roc_band", "brier_score", "calibration",
     "choose_threshold", "class_sizes", "confusion_at", "decision_curve", "delong_ci", "delong_covariance",
     "delong_test", "make_threshold_grid", "metrics_from_counts", "net_benefit", "point_metrics", "rates",
     "roc_from_counts", "threshold_counts", "threshold_metrics", "youden_from_counts",

@@ -2,7 +2,8 @@
 
 Device auto-selection (CUDA + AMP, else CPU), focal / weighted BCE loss with the auxiliary receptor
 loss, AdamW/RAdam, optional FedProx proximal term, early stopping on validation AUROC, and a validation
-operating threshold. Weights are exchanged as numpy lists in ``state_dict`` order.
+operating threshold. Metrics (AUROC, BCE, Youden) come from ``common.metrics``; weights convert to numpy
+lists in ``state_dict`` order through ``common.weights``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from common.config import TrainConfig
 from common.data import dataset_labels, leaf_datasets
 from common.losses import focal_loss, masked_bce, pos_weight_from_labels, weighted_bce
+from common.metrics import auroc, binary_cross_entropy, choose_threshold
+from common.weights import get_weights, set_weights, state_from_weights
 
 #: Module types whose parameters and buffers are "norm layers" (FedBN keeps them local).
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
@@ -174,25 +177,8 @@ def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- weights
-def get_weights(model: nn.Module) -> list[np.ndarray]:
-    """Model state (parameters and buffers) as numpy arrays in ``state_dict`` order."""
-    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
-
-
-def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
-    """Load arrays from :func:`get_weights` order; shape/count mismatches raise naming the key."""
-    state = model.state_dict()
-    if len(weights) != len(state):
-        raise ValueError(f"set_weights: model has {len(state)} state entries, got {len(weights)} arrays")
-    new = {}
-    for (key, ref), arr in zip(state.items(), weights):
-        t = torch.as_tensor(np.asarray(arr))
-        if tuple(t.shape) != tuple(ref.shape):
-            raise ValueError(f"set_weights: {key} expects shape {tuple(ref.shape)}, got {tuple(t.shape)}")
-        new[key] = t.to(dtype=ref.dtype)
-    model.load_state_dict(new, strict=True)
-
-
+# get_weights / set_weights live in common.weights (the one numpy conversion); re-exported here because
+# client/task.py imports them from common.train.
 def norm_param_keys(model: nn.Module) -> set[str]:
     """``state_dict`` keys of norm layers (Batch/Instance/Group/Layer norm), found by module type."""
     keys: set[str] = set()
@@ -213,12 +199,9 @@ def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], mu: floa
 
 
 def _reference_params(model: nn.Module, prox_ref: Sequence[np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    keys = list(model.state_dict().keys())
-    if len(keys) != len(prox_ref):
-        raise ValueError(f"prox_ref has {len(prox_ref)} arrays, model state has {len(keys)}")
+    """FedProx reference: the trainable parameters of ``prox_ref`` (``get_weights`` order) on ``device``."""
     params = dict(model.named_parameters())
-    return {k: torch.as_tensor(np.asarray(a), dtype=params[k].dtype, device=device)
-            for k, a in zip(keys, prox_ref) if k in params}
+    return {k: t.to(device) for k, t in state_from_weights(model, prox_ref).items() if k in params}
 
 
 # ----------------------------------------------------------------------------- loops
@@ -301,45 +284,16 @@ def predict(model: nn.Module, dataset: Dataset, cfg: TrainConfig,
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC, NaN when only one class is present."""
-    y = np.asarray(labels)
-    if len(np.unique(y[~np.isnan(y)])) < 2:
-        return float("nan")
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, scores))
-
-
 def operating_threshold(labels: np.ndarray, scores: np.ndarray, cfg: TrainConfig) -> float:
-    """Threshold chosen on VALIDATION data by (weighted) Youden (positive if score >= threshold)."""
+    """Threshold chosen on VALIDATION data by (weighted) Youden (``common.metrics.choose_threshold``);
+    0.5 when the validation labels hold one class only (no operating point can be chosen)."""
     if cfg.threshold_rule not in ("youden", "weighted_youden"):
         raise ValueError(f"unknown threshold_rule {cfg.threshold_rule!r}")
     w = 0.5 if cfg.threshold_rule == "youden" else float(cfg.youden_weight)
     y = np.asarray(labels, dtype=float)
     if len(np.unique(y)) < 2:
         return 0.5
-    try:
-        from common.metrics import choose_threshold
-    except ImportError:
-        choose_threshold = None
-    if choose_threshold is not None:
-        return float(choose_threshold(y, np.asarray(scores), w=w))
-    s = np.asarray(scores, dtype=float)
-    best_t, best_j = 0.5, -np.inf
-    for t in np.unique(s):
-        pred = s >= t
-        sens = (pred & (y == 1)).sum() / (y == 1).sum()
-        spec = (~pred & (y == 0)).sum() / (y == 0).sum()
-        j = w * sens + (1 - w) * spec
-        if j > best_j:
-            best_t, best_j = float(t), j
-    return best_t
-
-
-def _val_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    p = np.clip(scores.astype(float), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))) if len(p) else float("nan")
+    return float(choose_threshold(y, np.asarray(scores), w=w))
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
@@ -362,7 +316,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
             scheduler.step()
         y, s = predict(model, val_ds, cfg) if len(val_ds) else (np.zeros(0), np.zeros(0))
         val_auc = auroc(y, s)
-        val_loss = _val_loss(y, s)
+        val_loss = binary_cross_entropy(y, s)
         # selection score: AUROC; with a single-class validation set fall back to -val loss
         score = val_auc if not math.isnan(val_auc) else -val_loss if not math.isnan(val_loss) else -stats["loss"]
         row = {"epoch": epoch, "train_loss": stats["loss"], "val_auroc": val_auc, "val_loss": val_loss,
@@ -389,7 +343,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
                      threshold=threshold, best_epoch=best_epoch, val_labels=y, val_scores=s)
 
 
-__all__ = ["FitResult", "NORM_TYPES", "auroc", "configure_cpu_threads", "fit", "get_weights", "make_loss", "make_optimizer",
-           "make_scheduler",
-           "norm_param_keys", "operating_threshold", "predict", "proximal_term", "seed_everything",
+__all__ = ["FitResult", "NORM_TYPES", "configure_cpu_threads", "fit", "get_weights", "make_loss", "make_optimizer",
+           "make_scheduler", "norm_param_keys", "operating_threshold", "predict", "proximal_term", "seed_everything",
            "select_device", "set_weights", "train_epochs"]

@@ -24,6 +24,7 @@ SPLIT_FILE = "split.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options of ``fedpcr train``."""
     p = argparse.ArgumentParser(prog="fedpcr train", description=__doc__.splitlines()[0])
     p.add_argument("--cache", nargs="+", required=True, help="site cache directories (several = pooled training)")
     p.add_argument("--out", required=True, help="output run directory (model bundle)")
@@ -58,10 +59,11 @@ def read_configs(path: str | None, model_preset: str, in_channels: int) -> tuple
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train on the site caches and write the model bundle plus the local split file; returns the exit status."""
     import numpy as np
 
     from common.bundle import save_bundle
-    from common.data import PCRDataset, check_same_prep, load_cache, pool_datasets, warn_issues
+    from common.data import check_same_prep, load_cache, pool_datasets, warn_issues
     from common.models import build_model
     from common.train import fit, seed_everything
 
@@ -74,24 +76,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs), ("device", args.device)) if v is not None}
     train_cfg = dataclasses.replace(train_cfg, **overrides)
 
-    splits: dict[str, Any] = {"seed": train_cfg.seed, "val_fraction": train_cfg.val_fraction,
-                              "test_fraction": train_cfg.test_fraction, "sites": {}}
-    train_parts, val_parts, sites = [], [], []
-    for cache in caches:
-        ids = cache.labelled_ids()
-        if not ids:
-            raise ValueError(f"site cache {cache.path} has no labelled patients")
-        sp = _split(cache, ids, train_cfg)
-        site = cache.site
-        if site in splits["sites"]:
-            raise ValueError(f"two caches hold site {site!r}: {cache.path} and {splits['sites'][site]['cache']}")
-        splits["sites"][site] = {"cache": str(cache.path.resolve()), **sp}
-        sites.append(site)
-        print(f"{site}: {len(sp['train'])} train / {len(sp['val'])} val / {len(sp['test'])} test (held back) "
-              f"patients, {int(np.nansum(cache.labels(ids)))} pCR of {len(ids)}")
-        kw = {"clinical_features": model_cfg.clinical_features, "seed": train_cfg.seed}
-        train_parts.append(PCRDataset(cache, sp["train"], augment=train_cfg.augment, **kw))
-        val_parts.append(PCRDataset(cache, sp["val"], augment=False, **kw))
+    splits, train_parts, val_parts = _site_splits(caches, train_cfg, model_cfg)
+    sites = list(splits["sites"])
     train_ds, val_ds = pool_datasets(train_parts), pool_datasets(val_parts)
 
     seed_everything(train_cfg.seed)
@@ -103,13 +89,10 @@ def run(args: argparse.Namespace) -> int:
     result = fit(model, train_ds, val_ds, train_cfg, log=print)
     val_metrics: dict[str, Any] = {"auroc": result.val_auroc, "n": int(len(val_ds)), "best_epoch": result.best_epoch}
     if result.val_labels is not None and len(np.unique(result.val_labels)) == 2:
-        try:
-            from common.metrics import binary_report
+        from common.metrics import binary_report
 
-            val_metrics["report"] = binary_report(result.val_labels, result.val_scores, result.threshold,
-                                                  n_boot=200, seed=train_cfg.seed)
-        except ImportError:
-            pass
+        val_metrics["report"] = binary_report(result.val_labels, result.val_scores, result.threshold,
+                                              n_boot=200, seed=train_cfg.seed)
     out = Path(args.out)
     save_bundle(out, model, model_cfg, {"config": caches[0].prep_config, "hash": prep_hash}, train_cfg, sites,
                 val_metrics, result.threshold,
@@ -119,6 +102,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"bundle written to {out} (val AUROC {result.val_auroc:.3f}, threshold {result.threshold:.3f}); "
           f"patient split kept locally in {out / SPLIT_FILE}")
     return 0
+
+
+def _site_splits(caches: list[Any], train_cfg: TrainConfig, model_cfg: Any) -> tuple[dict[str, Any], list, list]:
+    """Per site: the seeded train/val/test split (kept in split.json) and its train / val datasets."""
+    import numpy as np
+
+    from common.data import PCRDataset
+
+    splits: dict[str, Any] = {"seed": train_cfg.seed, "val_fraction": train_cfg.val_fraction,
+                              "test_fraction": train_cfg.test_fraction, "sites": {}}
+    train_parts, val_parts = [], []
+    for cache in caches:
+        ids = cache.labelled_ids()
+        if not ids:
+            raise ValueError(f"site cache {cache.path} has no labelled patients")
+        sp = _split(cache, ids, train_cfg)
+        site = cache.site
+        if site in splits["sites"]:
+            raise ValueError(f"two caches hold site {site!r}: {cache.path} and {splits['sites'][site]['cache']}")
+        splits["sites"][site] = {"cache": str(cache.path.resolve()), **sp}
+        print(f"{site}: {len(sp['train'])} train / {len(sp['val'])} val / {len(sp['test'])} test (held back) "
+              f"patients, {int(np.nansum(cache.labels(ids)))} pCR of {len(ids)}")
+        kw = {"clinical_features": model_cfg.clinical_features, "seed": train_cfg.seed}
+        train_parts.append(PCRDataset(cache, sp["train"], augment=train_cfg.augment, **kw))
+        val_parts.append(PCRDataset(cache, sp["val"], augment=False, **kw))
+    return splits, train_parts, val_parts
 
 
 def _split(cache: Any, ids: list[str], cfg: TrainConfig) -> dict[str, list[str]]:

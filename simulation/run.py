@@ -36,6 +36,7 @@ def _split_list(text: str | None) -> tuple[str, ...] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``simulation/run.py``."""
     p = argparse.ArgumentParser(prog="simulation/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def experiment_config(args: argparse.Namespace):  # -> ExperimentConfig
     """Preset chosen by --experiment / --quick, then every explicit flag on top."""
-    from simulation.experiments import preset
+    from simulation.experiment_config import preset
 
     name = args.experiment or ("quick" if args.quick else "default")
     over: dict = {"dataset": args.dataset}
@@ -96,7 +97,27 @@ def experiment_config(args: argparse.Namespace):  # -> ExperimentConfig
     return preset(name, **over)
 
 
+def _run_clinical(args: argparse.Namespace, out: Path, t0: float) -> int:
+    """``--experiment clinical``: the clinical-only experiment on the public MAMA-MIA table."""
+    from simulation.clinical_experiment import ClinicalExperimentConfig, run_clinical_experiment
+
+    ccfg = ClinicalExperimentConfig()
+    if args.heldout:
+        ccfg = replace(ccfg, heldout=_split_list(args.heldout) or ())
+    if args.seeds:
+        ccfg = replace(ccfg, seeds=tuple(int(s) for s in _split_list(args.seeds) or ()))
+    if args.min_site_size is not None:
+        ccfg = replace(ccfg, min_site_size=args.min_site_size)
+    if args.quick:
+        ccfg = replace(ccfg, seeds=ccfg.seeds[:1], n_boot=300, n_boot_cross=100)
+    _, report = run_clinical_experiment(out, ccfg, resume=not args.no_resume)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the chosen experiment and write its report; returns the exit status."""
     args = build_parser().parse_args(argv)
     for key, val in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
                      ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"), ("MPLBACKEND", "Agg")):
@@ -105,29 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.experiment == "clinical":
-        from simulation.clinical_experiment import ClinicalExperimentConfig, run_clinical_experiment
-
-        ccfg = ClinicalExperimentConfig()
-        if args.heldout:
-            ccfg = replace(ccfg, heldout=_split_list(args.heldout) or ())
-        if args.seeds:
-            ccfg = replace(ccfg, seeds=tuple(int(s) for s in _split_list(args.seeds) or ()))
-        if args.min_site_size is not None:
-            ccfg = replace(ccfg, min_site_size=args.min_site_size)
-        if args.quick:
-            ccfg = replace(ccfg, seeds=ccfg.seeds[:1], n_boot=300, n_boot_cross=100)
-        _, report = run_clinical_experiment(out, ccfg, resume=not args.no_resume)
-        print(f"done in {time.perf_counter() - t0:.0f} s")
-        print(report)
-        return 0
+        return _run_clinical(args, out, t0)
     try:
         cfg = experiment_config(args)
     except ValueError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
-    from simulation.experiments import NORM_RULE, config_dict, run_experiment
+    from simulation.experiment_config import NORM_RULE, config_dict
+    from simulation.experiments import run_experiment
     from simulation.report import write_report
-    from simulation.experiments import prepare_sites
+    from simulation.site_prep import prepare_sites
 
     print(f"experiment {cfg.name}: arms {', '.join(cfg.arms)}; seeds {list(cfg.seeds)}; "
           f"{cfg.epochs} epochs = {cfg.rounds} rounds x {cfg.local_epochs} local epochs", flush=True)

@@ -17,6 +17,7 @@ from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     confusion_matrix,
+    log_loss,
     roc_auc_score,
     roc_curve,
 )
@@ -48,6 +49,18 @@ def test_auroc_auprc_brier_match_sklearn(seed: int, ties: bool) -> None:
     pm = M.point_metrics(y, s, 0.5)
     assert abs(pm["auroc"] - roc_auc_score(y, s)) < 1e-12
     assert abs(pm["brier"] - brier_score_loss(y, s)) < 1e-12
+
+
+def test_binary_cross_entropy_matches_sklearn_log_loss_and_hand_case() -> None:
+    rng = np.random.default_rng(3)
+    y, s = _data(rng, 200)
+    assert M.binary_cross_entropy(y, s) == pytest.approx(log_loss(y, s), rel=1e-9)
+    # hand case: -(log 0.8 + log(1 - 0.4)) / 2; scores 0 and 1 are clipped, never infinite
+    assert M.binary_cross_entropy([1, 0], [0.8, 0.4]) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    assert math.isfinite(M.binary_cross_entropy([1, 0], [0.0, 1.0]))
+    assert math.isnan(M.binary_cross_entropy([], []))
+    with pytest.raises(ValueError, match="probabilities"):
+        M.binary_cross_entropy([1, 0], [1.5, 0.2])
 
 
 def test_threshold_metrics_hand_case_and_confusion_matrix() -> None:

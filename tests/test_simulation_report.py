@@ -10,20 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from simulation.experiments import run_cached
+from simulation.arm_result import POOLED, ROW_COLUMNS, ArmResult, evaluate_predictions, metric_rows, results_frame
+from simulation.arm_store import run_cached
 from simulation.partition import assign_from_table, group_small_sites, make_partition, split_caches
-from simulation.report import (
-    POOLED,
-    ROW_COLUMNS,
-    ArmResult,
-    cross_site,
-    delong_table,
-    evaluate_predictions,
-    heldout_summary,
-    metric_rows,
-    results_frame,
-    write_report,
-)
+from simulation.report import write_report
+from simulation.summaries import cross_site, delong_table, heldout_summary
 
 
 def _arm(experiment: str, method: str, seed: int, sites: dict[str, tuple[np.ndarray, np.ndarray]],

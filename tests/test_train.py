@@ -17,8 +17,8 @@ from common.config import PrepConfig, TrainConfig
 from common.data import PCRDataset, dataset_ids, load_cache, pool_datasets, split_patients
 from common.losses import focal_loss, masked_bce, weighted_bce
 from common.models import build_model, preset
-from common.train import (fit, get_weights, make_optimizer, make_scheduler, predict, proximal_term,
-                          seed_everything, set_weights, train_epochs)
+from common.train import fit, make_optimizer, make_scheduler, predict, proximal_term, seed_everything, train_epochs
+from common.weights import get_weights, set_weights
 from tests.cache_factory import make_cache
 
 FAST = TrainConfig(epochs=1, batch_size=8, augment=True, patience=3)
@@ -197,6 +197,8 @@ def test_get_set_weights_roundtrip(small_cache):
     assert np.array_equal(predict(a, ds, FAST)[1], predict(b, ds, FAST)[1])
     with pytest.raises(ValueError, match="shape"):
         set_weights(b, [w[..., :1] if w.ndim else w for w in get_weights(a)])
+    with pytest.raises(ValueError, match=r"model has \d+ state entries, got \d+ arrays"):
+        set_weights(b, get_weights(a)[1:])
 
 
 def test_predict_never_augments(small_cache):

@@ -9,8 +9,6 @@ from torch import nn
 
 #: Checkpoint keys that belong to MedicalNet's segmentation head, not the encoder.
 IGNORED_PREFIXES = ("conv_seg.", "fc.")
-#: Running statistics only make sense for a BatchNorm target.
-BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def read_medicalnet_state(path: str | Path) -> dict[str, torch.Tensor]:
