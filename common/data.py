@@ -1,8 +1,8 @@
-"""Read site caches (docs/CONTRACTS.md §2) and serve them as torch Datasets; patient-level splits."""
+"""Load site caches (format: ``common.site_cache``, docs/CONTRACTS.md §2) and serve them as torch Datasets;
+patient-level splits."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from common.schema import MODEL_CLINICAL_FEATURES, RECEPTOR_TARGETS, encode_clinical
+from common.site_cache import CLINICAL, MANIFEST, PREP_CONFIG, read_manifest, read_prep_config, read_table
 
-MANIFEST_REQUIRED = ("patient_id", "site", "label", "channels", "shape", "volume", "prep_hash")
 #: In-memory volume cache budget per dataset (bytes of float16); larger caches are read from disk each time.
 MEMORY_BUDGET = 1 << 30
 
@@ -52,15 +52,6 @@ class SiteCache:
         return [pid for pid, y in zip(self.ids, self.labels()) if not np.isnan(y)]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"site cache file missing: {path}")
-    try:
-        return pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=True)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from exc
-
-
 def _parse_label(value: Any, pid: str, path: Path) -> float:
     if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
         return float("nan")
@@ -79,15 +70,8 @@ def load_cache(path: str | Path) -> SiteCache:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"site cache directory not found: {path}")
-    cfg_path = path / "prep_config.json"
-    try:
-        prep = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"site cache file missing: {cfg_path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {cfg_path}: {exc}") from exc
-    if not isinstance(prep, dict) or "config" not in prep or "hash" not in prep:
-        raise ValueError(f"{cfg_path}: expected {{'config': {{...}}, 'hash': '...'}}")
+    cfg_path = path / PREP_CONFIG
+    prep = read_prep_config(path)
     prep_hash = str(prep["hash"])
     issues: list[dict[str, str]] = []
     try:  # recompute the hash when the config is a current PrepConfig; a mismatch is reported
@@ -100,15 +84,15 @@ def load_cache(path: str | Path) -> SiteCache:
     except (TypeError, ValueError) as exc:
         issues.append({"patient": "", "field": "prep_config.config", "reason": f"{cfg_path}: {exc}"})
 
-    man_path = path / "manifest.csv"
-    manifest = _read_csv(man_path)
-    missing_cols = [c for c in MANIFEST_REQUIRED if c not in manifest.columns]
-    if missing_cols:
-        raise ValueError(f"{man_path}: missing columns {missing_cols}")
+    man_path = path / MANIFEST
+    manifest = read_manifest(path)
     manifest["patient_id"] = manifest["patient_id"].astype(str)
     if manifest["patient_id"].duplicated().any():
         dup = manifest.loc[manifest["patient_id"].duplicated(), "patient_id"].tolist()
         raise ValueError(f"{man_path}: duplicate patient_id {dup[:5]}")
+    if manifest["volume"].astype(str).duplicated().any():
+        dup = manifest.loc[manifest["volume"].astype(str).duplicated(), "volume"].tolist()
+        raise ValueError(f"{man_path}: several patients share the volume file(s) {dup[:5]}")
     manifest["label"] = [_parse_label(v, p, man_path) for v, p in zip(manifest["label"], manifest["patient_id"])]
     bad_hash = manifest.loc[manifest["prep_hash"].astype(str) != prep_hash, "patient_id"].tolist()
     if bad_hash:
@@ -126,10 +110,8 @@ def load_cache(path: str | Path) -> SiteCache:
             issues.append({"patient": pid, "field": "volume", "reason": f"volume file missing: {path / rel}"})
     manifest = manifest.loc[keep].set_index("patient_id", drop=False)
 
-    clin_path = path / "clinical.csv"
-    clinical = _read_csv(clin_path)
-    if "patient_id" not in clinical.columns:
-        raise ValueError(f"{clin_path}: missing column 'patient_id'")
+    clin_path = path / CLINICAL
+    clinical = read_table(path, CLINICAL)
     clinical["patient_id"] = clinical["patient_id"].astype(str)
     clinical = clinical.drop_duplicates("patient_id", keep="first").set_index("patient_id", drop=False)
     for pid in manifest.index.difference(clinical.index):

@@ -13,6 +13,9 @@ from typing import Iterable
 
 import pandas as pd
 
+from common.site_cache import CLINICAL, KINETICS, MANIFEST, VOLUMES, read_prep_config, read_table, \
+    write_cache_tables
+
 #: How a patient is assigned to a site.
 PARTITION_KEYS: tuple[str, ...] = ("site", "trial_site", "scanner", "collection")
 
@@ -145,42 +148,25 @@ def assign_from_dicom(root: Path, by: str = "trial_site") -> dict[str, str]:
 
 
 def split_caches(sources: list[Path], assign: dict[str, str], out_root: Path) -> dict[str, Path]:
-    """Write one site cache per site from prepared collection caches (CONTRACTS section 2 layout).
+    """Write one site cache per site from prepared collection caches (format: ``common.site_cache``).
 
     ``assign`` maps patient id (manifest ``patient_id``) to site. Volumes are linked, not copied; the
     manifest/clinical/kinetics rows are filtered and ``site`` is set to the partition's site. Patients
-    not in ``assign`` are left out (reported on stderr). Source caches are never modified.
+    not in ``assign`` are left out (reported on stderr). Source caches are never modified. Each site
+    cache is built in a temporary folder next to its destination (every file written atomically) and
+    then moved into place, so a reader never sees a half-written cache.
     """
-    import json
-    import os
-    import shutil
-    import sys
-
-    out_root = Path(out_root)
     frames: dict[str, dict[str, list[pd.DataFrame]]] = {}
     prep: dict | None = None
     vol_src: dict[tuple[str, str], Path] = {}
     for src in map(Path, sources):
-        cfg = json.loads((src / "prep_config.json").read_text())
+        cfg = read_prep_config(src)
         if prep is not None and cfg.get("hash") != prep.get("hash"):
             raise ValueError(f"{src}: prep hash {cfg.get('hash')} differs from {prep.get('hash')}; "
                              "prepare every collection with the same PrepConfig")
         prep = cfg
-        man = pd.read_csv(src / "manifest.csv", dtype={"patient_id": str})
-        unknown = sorted(set(man["patient_id"]) - set(assign))
-        if unknown:
-            print(f"partition: {src}: {len(unknown)} patient(s) without a site left out, e.g. {unknown[:3]}",
-                  file=sys.stderr)
-        man = man[man["patient_id"].isin(assign)].copy()
-        man["site"] = man["patient_id"].map(assign)
-        tables = {"manifest.csv": man}
-        for name in ("clinical.csv", "kinetics.csv"):
-            if (src / name).is_file():
-                t = pd.read_csv(src / name, dtype={"patient_id": str})
-                t = t[t["patient_id"].isin(man["patient_id"])].copy()
-                if name == "clinical.csv" and "site" in t.columns:
-                    t["site"] = t["patient_id"].map(assign)
-                tables[name] = t
+        tables = _site_tables(src, assign)
+        man = tables[MANIFEST]
         for site in sorted(set(man["site"])):
             ids = set(man.loc[man["site"] == site, "patient_id"])
             for name, t in tables.items():
@@ -189,24 +175,62 @@ def split_caches(sources: list[Path], assign: dict[str, str], out_root: Path) ->
             vol_src[(assign[pid], str(rel))] = src / str(rel)
     if prep is None:
         raise ValueError("split_caches: no source caches given")
-    out: dict[str, Path] = {}
-    for site, tables in frames.items():
-        dest = out_root / site
+    out = {site: _write_site(Path(out_root), site, tables, prep,
+                             {rel: f for (s, rel), f in vol_src.items() if s == site})
+           for site, tables in frames.items()}
+    return dict(sorted(out.items()))
+
+
+def _site_tables(src: Path, assign: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The manifest (and clinical/kinetics when present) rows of ``src`` whose patient has a site."""
+    import sys
+
+    man = read_table(src, MANIFEST)
+    unknown = sorted(set(man["patient_id"]) - set(assign))
+    if unknown:
+        print(f"partition: {src}: {len(unknown)} patient(s) without a site left out, e.g. {unknown[:3]}",
+              file=sys.stderr)
+    man = man[man["patient_id"].isin(assign)].copy()
+    man["site"] = man["patient_id"].map(assign)
+    tables = {MANIFEST: man}
+    for name in (CLINICAL, KINETICS):
+        if (src / name).is_file():
+            t = read_table(src, name)
+            t = t[t["patient_id"].isin(man["patient_id"])].copy()
+            if name == CLINICAL and "site" in t.columns:
+                t["site"] = t["patient_id"].map(assign)
+            tables[name] = t
+    return tables
+
+
+def _write_site(out_root: Path, site: str, tables: dict[str, list[pd.DataFrame]], prep: dict,
+                volumes: dict[str, Path]) -> Path:
+    """Build one site cache in a temporary sibling folder, then swap it in for ``out_root/site``."""
+    import os
+    import shutil
+    import tempfile
+
+    dest = out_root / site
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{site}.", dir=out_root))
+    try:
+        (tmp / VOLUMES).mkdir()
+        for rel, src_file in volumes.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src_file, target)
+            except OSError:
+                shutil.copy2(src_file, target)
+        merged = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+        processed = list(merged[MANIFEST]["patient_id"])
+        write_cache_tables(tmp, merged[MANIFEST], merged.get(CLINICAL),
+                           merged.get(KINETICS), prep,
+                           {"processed": processed, "skipped": [], "prep_hash": prep.get("hash")})
         if dest.exists():
             shutil.rmtree(dest)
-        (dest / "volumes").mkdir(parents=True)
-        (dest / "prep_config.json").write_text(json.dumps(prep))
-        for name, parts in tables.items():
-            pd.concat(parts, ignore_index=True).to_csv(dest / name, index=False)
-        processed = list(pd.concat(tables["manifest.csv"])["patient_id"])
-        (dest / "report.json").write_text(json.dumps({"processed": processed, "skipped": [],
-                                                      "prep_hash": prep.get("hash")}))
-        out[site] = dest
-    for (site, rel), src_file in vol_src.items():
-        target = out_root / site / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src_file, target)
-        except OSError:
-            shutil.copy2(src_file, target)
-    return dict(sorted(out.items()))
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

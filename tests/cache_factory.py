@@ -3,7 +3,6 @@ must not depend on the DICOM pipeline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ import pandas as pd
 
 from common.config import PrepConfig, to_dict
 from common.schema import CANONICAL_COLUMNS
-
-KINETIC_COLUMNS = ("time_to_peak", "max_pe", "early_pe", "late_pe", "ser", "uptake_rate", "washout_rate")
+from common.site_cache import KINETIC_FEATURES as KINETIC_COLUMNS
+from common.site_cache import VOLUMES, write_cache_tables
 
 
 def make_cache(root: str | Path, site: str = "SITEA", n: int = 60, *, seed: int = 0, signal: str = "image",
@@ -26,7 +25,7 @@ def make_cache(root: str | Path, site: str = "SITEA", n: int = 60, *, seed: int 
     prep = prep or PrepConfig(shape=(32, 32, 32))
     rng = np.random.default_rng(seed)
     out = Path(root) / site
-    (out / "volumes").mkdir(parents=True, exist_ok=True)
+    (out / VOLUMES).mkdir(parents=True, exist_ok=True)
     prefix = id_prefix or f"{site}_"
     ids = [f"{prefix}{i:03d}" for i in range(n)]
     labels = (rng.random(n) < pos_rate).astype(int)
@@ -44,7 +43,7 @@ def make_cache(root: str | Path, site: str = "SITEA", n: int = 60, *, seed: int 
         post = pre + enh * blob + rng.normal(0, 0.3, prep.shape)
         chans = {"pre": pre, "post1": post, "sub1": post - pre}
         vol = np.stack([chans.get(c, np.zeros(prep.shape)) for c in prep.channels]).astype(np.float16)
-        rel = f"volumes/{pid}.npy"
+        rel = f"{VOLUMES}/{pid}.npy"  # plain names: tests/test_train.py opens volumes/<pid>.npy
         np.save(out / rel, vol)
         is_unlab = i >= n - unlabelled
         manifest.append({
@@ -71,9 +70,7 @@ def make_cache(root: str | Path, site: str = "SITEA", n: int = 60, *, seed: int 
         k.update({c: float(rng.normal(0, 1)) for c in KINETIC_COLUMNS})
         k["max_pe"] = float(100 * enh * blob.max() + rng.normal(0, 30))
         kinetics.append(k)
-    pd.DataFrame(manifest).to_csv(out / "manifest.csv", index=False)
-    pd.DataFrame(clinical, columns=list(CANONICAL_COLUMNS)).to_csv(out / "clinical.csv", index=False)
-    pd.DataFrame(kinetics).to_csv(out / "kinetics.csv", index=False)
-    (out / "prep_config.json").write_text(json.dumps({"config": to_dict(prep), "hash": prep.hash()}, indent=1))
-    (out / "report.json").write_text(json.dumps({"processed": ids, "skipped": [], "prep_hash": prep.hash()}))
+    write_cache_tables(out, pd.DataFrame(manifest), pd.DataFrame(clinical, columns=list(CANONICAL_COLUMNS)),
+                       pd.DataFrame(kinetics), {"config": to_dict(prep), "hash": prep.hash()},
+                       {"processed": ids, "skipped": [], "prep_hash": prep.hash()})
     return out

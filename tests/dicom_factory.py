@@ -111,7 +111,8 @@ def _dataset(pid: str, study_uid: str, series_uid: str, desc: str, number: int, 
 
 
 def _tm(seconds: float) -> str:
-    h, rem = divmod(int(seconds), 3600)
+    """DICOM TM of a time of day (wraps past midnight: 24:01:00 -> 000100)."""
+    h, rem = divmod(int(seconds) % 86400, 3600)
     m, s = divmod(rem, 60)
     return f"{h:02d}{m:02d}{s:02d}"
 

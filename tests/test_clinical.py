@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from common import paths
-from common.preprocess.clinical import collection_of, id_key, load_clinical, mama_mia_sites, sniff_format
+from common.patient_id import collection_of, id_key
+from common.preprocess.clinical import load_clinical, mama_mia_sites, sniff_format
 from common.schema import CANONICAL_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

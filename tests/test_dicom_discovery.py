@@ -190,7 +190,7 @@ def test_real_duke_boxes_file() -> None:
     from openpyxl import load_workbook
 
     from common.preprocess.boxes import load_boxes
-    from common.preprocess.clinical import id_key
+    from common.patient_id import id_key
 
     boxes = load_boxes(DATA_DIR / "duke" / "Annotation_Boxes.xlsx")
     ws = load_workbook(DATA_DIR / "duke" / "Annotation_Boxes.xlsx", read_only=True).worksheets[0]

@@ -16,6 +16,7 @@ from common.config import PrepConfig
 from common.data import load_cache
 from common.preprocess.dicom import group_patients, list_files, scan_files, select_series
 from common.preprocess.pipeline import run_prepare
+from common.site_cache import volume_path
 
 SITES = ("DUKE", "AAI", "ISPY1_AAB")
 CFG = PrepConfig(channels=("pre", "post1", "sub1", "t2"), shape=(24, 24, 24), spacing_mm=2.0, crop="tumour")
@@ -136,7 +137,7 @@ def test_incremental_and_cli(cohort: Path, tmp_path: Path, capsys: pytest.Captur
     assert fedpcr_main(args) == 0
     first = json.loads((tmp_path / "c" / "report.json").read_text())
     assert len(first["processed"]) == 4 and first["reused"] == []
-    vol = tmp_path / "c" / "volumes" / f"{first['processed'][0]}.npy"
+    vol = tmp_path / "c" / volume_path(first["processed"][0])
     mtime = vol.stat().st_mtime_ns
     assert fedpcr_main(args + ["--workers", "2"]) == 0
     second = json.loads((tmp_path / "c" / "report.json").read_text())

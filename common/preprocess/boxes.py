@@ -3,27 +3,18 @@
 The file holds ``Patient ID, Start Row, End Row, Start Column, End Column, Start Slice, End Slice``,
 1-based and inclusive in the pre-contrast series' voxel index space (rows = y, columns = x, slices = z
 ordered along the slice normal). :func:`load_boxes` returns them 0-based inclusive as
-``(z0, z1, y0, y1, x0, x1)`` keyed by ``id_key(patient_id)``.
+``(z0, z1, y0, y1, x0, x1)`` keyed by ``common.patient_id.id_key(patient_id)``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from common.patient_id import id_key
+
 BOX_COLUMNS = ("Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice")
-
-
-def _id_key(pid: str) -> str:
-    """The clinical module's ``id_key`` when present (docs/CONTRACTS.md §2b); the same digits rule otherwise."""
-    try:
-        from common.preprocess.clinical import id_key
-    except ImportError:
-        digits = re.findall(r"\d+", str(pid))
-        return str(int(digits[-1])) if digits else str(pid).strip().lower()
-    return id_key(pid)
 
 
 Box = tuple[int, int, int, int, int, int]
@@ -71,7 +62,7 @@ def read_boxes(path: str | Path) -> tuple[dict[str, Box], list[dict[str, str]]]:
             issues.append({"patient": pid, "field": "Annotation_Boxes", "value": str(box),
                            "reason": f"{path.name} row {int(i) + 2}: start after end or index < 1"})
             continue
-        boxes[_id_key(pid)] = box
+        boxes[id_key(pid)] = box
     return boxes, issues
 
 

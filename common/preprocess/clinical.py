@@ -3,21 +3,25 @@
 ``load_clinical`` sniffs the table's layout from its contents (Duke, I-SPY2, I-SPY1, MAMA-MIA, or a hospital
 table with a YAML mapping), runs the matching adapter and returns the canonical table plus every problem
 found (unknown codes, malformed values, empty or duplicated IDs). The source file is only read.
-``id_key`` makes the DICOM PatientID and the clinical row of one patient compare equal across spellings.
+Patient IDs are matched across spellings by ``common.patient_id.id_key`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from common.patient_id import collection_of, id_key  # re-exported: the rule lives in common.patient_id
 from common.preprocess.clinical_mapping import ClinicalMapping, load_mapped
-from common.preprocess.clinical_sources import Issues, load_duke, load_ispy1, load_ispy2, load_mama_mia
+from common.preprocess.clinical_duke import load_duke
+from common.preprocess.clinical_ispy1 import load_ispy1
+from common.preprocess.clinical_ispy2 import load_ispy2
+from common.preprocess.clinical_mama_mia import load_mama_mia
+from common.preprocess.clinical_sources import Issues
 
 FORMATS: tuple[str, ...] = ("duke", "ispy2", "ispy1", "mama-mia", "csv")
 _ADAPTERS = {"duke": load_duke, "ispy2": load_ispy2, "ispy1": load_ispy1, "mama-mia": load_mama_mia}
@@ -31,10 +35,6 @@ class ClinicalTable:
     issues: list[dict[str, Any]] = field(default_factory=list)
     fmt: str = ""
     path: str = ""
-
-    def labelled(self) -> pd.DataFrame:
-        """Rows with a 0/1 pCR label."""
-        return self.table[self.table["pcr"].isin([0, 1])]
 
 
 # ---------------------------------------------------------------- format sniffing
@@ -111,50 +111,6 @@ def load_clinical(path: str | Path, fmt: str | None = None, mapping: str | Path 
     else:
         table = _ADAPTERS[fmt](path, site, issues)
     return ClinicalTable(table=table, issues=issues.records, fmt=fmt, path=str(path))
-
-
-# ---------------------------------------------------------------- patient ID matching
-
-_ID_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("DUKE", re.compile(r"(?:breast[_\- ]?mri|duke)[_\- ]?0*(\d+)", re.IGNORECASE)),
-    ("ISPY2", re.compile(r"(?:i-?spy-?2|acrin[_\- ]?6698)[_\- ]?0*(\d+)", re.IGNORECASE)),
-    ("ISPY1", re.compile(r"(?:i-?spy-?1|acrin[_\- ]?6657)[_\- ]?0*(\d+)", re.IGNORECASE)),
-    ("NACT", re.compile(r"nact[_\- ]?0*(\d+)", re.IGNORECASE)),
-)
-
-
-def _digits(text: str) -> str:
-    """``'007'`` -> ``'7'``; ``'0'`` stays ``'0'``."""
-    return str(int(text))
-
-
-def id_key(patient_id: Any) -> str:
-    """Comparison key of a patient ID across spellings: Duke ``Breast_MRI_001`` ~ ``DUKE_001`` ~ ``1``;
-    I-SPY2 ``ISPY2-105513`` ~ ``ACRIN-6698-105513`` ~ ``ISPY2_105513`` ~ ``105513``; I-SPY1 ``ISPY1_1001``
-    ~ ``1001``; NACT ``NACT_01`` ~ ``NACT-1`` (kept apart from Duke numbers). Other IDs: trimmed, case-folded."""
-    if patient_id is None or (isinstance(patient_id, float) and patient_id != patient_id):
-        return ""
-    if isinstance(patient_id, float) and patient_id.is_integer():
-        patient_id = int(patient_id)
-    text = str(patient_id).strip()
-    for name, pattern in _ID_PATTERNS:
-        m = pattern.fullmatch(text)
-        if m:
-            return f"nact-{_digits(m.group(1))}" if name == "NACT" else _digits(m.group(1))
-    if re.fullmatch(r"\d+(?:\.0+)?", text):
-        return _digits(text.split(".")[0])
-    return text.casefold()
-
-
-def collection_of(patient_id: Any) -> str | None:
-    """The TCIA collection an ID's spelling names (``DUKE``, ``ISPY2``, ``ISPY1``, ``NACT``), else None."""
-    if patient_id is None or (isinstance(patient_id, float) and patient_id != patient_id):
-        return None
-    text = str(patient_id).strip()
-    for name, pattern in _ID_PATTERNS:
-        if pattern.fullmatch(text):
-            return name
-    return None
 
 
 def mama_mia_sites(table: pd.DataFrame) -> pd.Series:

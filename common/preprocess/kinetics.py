@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINETIC_COLUMNS = ("time_to_peak", "max_pe", "early_pe", "late_pe", "ser", "uptake_rate", "washout_rate")
+from common.site_cache import KINETIC_FEATURES as KINETIC_COLUMNS  # the kinetics.csv feature columns
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from common.preprocess.dicom import DicomError, Phase
+from common.preprocess.dicom_headers import DicomError
+from common.preprocess.dicom_series import Phase
 
 _INTERP = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 

@@ -1,0 +1,176 @@
+"""One patient through the preprocessing: select the series, read and harmonise the phases, compute the
+kinetic features, resample onto the output grid, write the volume; returns the manifest and kinetics rows.
+
+Raises DicomError / ValueError with a message naming the file, series or field at fault; the caller
+(``common.preprocess.pipeline``) turns that into a skipped patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.config import PrepConfig
+from common.preprocess.boxes import Box
+from common.preprocess.dicom_headers import DicomError, SliceHeader
+from common.preprocess.dicom_phases import Selection, phase_seconds, select_series
+from common.preprocess.intensity import body_mask, fit_standardiser
+from common.preprocess.kinetics import KINETIC_COLUMNS, kinetic_features
+from common.preprocess.volume import box_centre, from_array, mask_centre, n4_field, onto, output_grid, \
+    phase_image, same_grid, to_array
+from common.site_cache import write_volume
+
+
+@dataclass
+class _Native:
+    """The patient's DCE phases on the pre-contrast grid, before harmonisation."""
+
+    sel: Selection
+    names: list[str]
+    pre: Any  # SimpleITK image of the pre-contrast phase (geometry reference)
+    arrays: list[np.ndarray]
+
+
+def process_patient(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Box | None, out: str,
+                    site: str, label: float | None) -> dict[str, Any]:
+    """Select, read, harmonise and cache one patient; returns ``{"row": manifest row, "kinetics": row}``.
+
+    Raises DicomError / ValueError with a message naming the file, series or field at fault.
+    """
+    nat = _read_native(pid, heads, cfg, box)
+    mask_img = body_mask(nat.pre)
+    mask = to_array(mask_img) > 0
+    times = phase_seconds(nat.sel.phases)
+    krow = _kinetics_row(pid, nat, times, box, mask)
+    arrays, pad = _harmonise(nat, cfg, mask_img, mask)
+    if cfg.crop == "tumour":
+        if box is None:
+            raise ValueError(f"patient {pid}: crop='tumour' but no tumour box for this patient")
+        centre = box_centre(nat.pre, box)
+    else:
+        centre = mask_centre(mask_img)
+    grid = output_grid(nat.pre, centre, cfg.orientation, cfg.spacing_mm, cfg.shape)
+    vol, t2_present = _channels(nat, arrays, pad, cfg, grid)
+    if not np.all(np.isfinite(vol)):
+        raise ValueError(f"patient {pid}: non-finite values after preprocessing (float16 overflow?)")
+    rel = write_volume(out, pid, vol)
+    row = _manifest_row(pid, nat, cfg, site, label, rel, times, centre, t2_present)
+    return {"row": row, "kinetics": krow}
+
+
+def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Box | None) -> _Native:
+    """Select the series, check the channels and the box fit, read every phase onto the pre-contrast grid."""
+    sel = select_series(pid, heads, cfg.visit)
+    names = [p.name for p in sel.phases]
+    n_post = len(names) - 1
+    for ch in cfg.channels:
+        k = int(ch[4:]) if ch.startswith("post") else int(ch[3:]) if ch.startswith("sub") else 0
+        if k > n_post:
+            raise DicomError(f"patient {pid}: channel {ch!r} needs post-contrast phase {k}, but the DCE has "
+                             f"{n_post} ({';'.join(names)})")
+    imgs = [phase_image(p) for p in sel.phases]
+    pre = imgs[0]
+    for k in range(1, len(imgs)):
+        if not same_grid(imgs[k], pre):
+            imgs[k] = onto(imgs[k], pre, "linear", 0.0)
+            sel.choice.append(f"{names[k]} resampled onto the pre-contrast grid (different geometry)")
+    arrays = [to_array(im) for im in imgs]
+    size_zyx = arrays[0].shape
+    if box is not None:
+        z0, z1, y0, y1, x0, x1 = box
+        if z1 >= size_zyx[0] or y1 >= size_zyx[1] or x1 >= size_zyx[2]:
+            raise ValueError(f"patient {pid}: tumour box (z{z0}-{z1}, y{y0}-{y1}, x{x0}-{x1}, 0-based) lies outside "
+                             f"the pre-contrast series {sel.phases[0].series_uid} of {size_zyx[0]}x{size_zyx[1]}x"
+                             f"{size_zyx[2]} voxels")
+    return _Native(sel=sel, names=names, pre=pre, arrays=arrays)
+
+
+def _kinetics_row(pid: str, nat: _Native, times: list[float], box: Box | None, mask: np.ndarray) -> dict[str, Any]:
+    """Kinetic features from the native phases (the bias field cancels in percent enhancement)."""
+    if box is not None:
+        region = np.zeros(nat.arrays[0].shape, bool)
+        region[box[0]:box[1] + 1, box[2]:box[3] + 1, box[4]:box[5] + 1] = True
+        region_name = "tumour_box"
+    else:
+        region, region_name = mask, "body_mask"
+    kin = kinetic_features(nat.arrays, times, region)
+    return {"patient_id": pid, **{k: kin[k] for k in KINETIC_COLUMNS}, "n_phases": len(nat.names),
+            "kinetic_region": region_name}
+
+
+def _harmonise(nat: _Native, cfg: PrepConfig, mask_img: Any, mask: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """N4 bias correction and body z-score standardisation (as configured); returns arrays and pad value."""
+    arrays = nat.arrays
+    if cfg.n4:
+        bias = to_array(n4_field(nat.pre, mask_img))
+        arrays = [a / np.maximum(bias, 1e-3) for a in arrays]
+    if cfg.standardise == "zscore_body":
+        std = fit_standardiser(arrays[0], mask, tuple(cfg.clip_percentiles))  # type: ignore[arg-type]
+        return [std.apply(a) for a in arrays], std.value(0.0)
+    return arrays, 0.0
+
+
+def _channels(nat: _Native, arrays: list[np.ndarray], pad: float, cfg: PrepConfig, grid: Any
+              ) -> tuple[np.ndarray, int]:
+    """The configured channels on the output grid as one float16 ``(C, Z, Y, X)`` array; T2 present flag."""
+    cache: dict[str, np.ndarray] = {}
+
+    def phase_out(name: str) -> np.ndarray:
+        if name not in cache:
+            k = nat.names.index(name)
+            cache[name] = to_array(onto(from_array(arrays[k], nat.pre), grid, cfg.interpolator, pad))
+        return cache[name]
+
+    t2_present = 0
+    chans = []
+    for ch in cfg.channels:
+        if ch.startswith("sub"):
+            chans.append(phase_out(f"post{int(ch[3:])}") - phase_out("pre"))
+        elif ch == "t2":
+            if nat.sel.t2 is None:
+                chans.append(np.zeros(tuple(cfg.shape), np.float32))
+            else:
+                chans.append(_t2_channel(nat.sel, cfg, grid))
+                t2_present = 1
+        else:
+            chans.append(phase_out(ch))
+    return np.stack(chans).astype(np.float16), t2_present
+
+
+def _t2_channel(sel: Selection, cfg: PrepConfig, grid: Any) -> np.ndarray:
+    """T2 resampled onto the output grid, standardised with its own body mask and statistics."""
+    assert sel.t2 is not None
+    img = phase_image(sel.t2)
+    arr = to_array(img)
+    pad = 0.0
+    if cfg.standardise == "zscore_body":
+        mask = to_array(body_mask(img)) > 0
+        std = fit_standardiser(arr, mask, tuple(cfg.clip_percentiles))  # type: ignore[arg-type]
+        arr, pad = std.apply(arr), std.value(0.0)
+    return to_array(onto(from_array(arr, img), grid, cfg.interpolator, pad))
+
+
+def _view(h: SliceHeader) -> str:
+    n = np.abs(np.cross(h.iop[:3], h.iop[3:]))
+    return ("sagittal", "coronal", "axial")[int(np.argmax(n))]
+
+
+def _manifest_row(pid: str, nat: _Native, cfg: PrepConfig, site: str, label: float | None, rel: str,
+                  times: list[float], centre: Any, t2_present: int) -> dict[str, Any]:
+    """The patient's manifest row (columns ``common.site_cache.MANIFEST_COLUMNS``)."""
+    h = nat.sel.first
+    return {
+        "patient_id": pid, "site": site, "label": "" if label is None else int(label),
+        "phases": ";".join(nat.names), "channels": ";".join(cfg.channels),
+        "shape": "x".join(str(s) for s in cfg.shape), "spacing": "x".join([f"{cfg.spacing_mm:g}"] * 3),
+        "volume": rel, "prep_hash": cfg.hash(), "manufacturer": h.manufacturer, "model": h.model,
+        "field_strength": h.field_strength, "pixel_spacing": h.pixel_spacing[0],
+        "slice_thickness": h.slice_thickness, "repetition_time": h.tr, "echo_time": h.te, "view": _view(h),
+        "t2_present": t2_present, "n_phases": len(nat.names), "phase_times": ";".join(f"{t:.1f}" for t in times),
+        "crop_centre": ";".join(f"{c:.2f}" for c in centre), "series_choice": " | ".join(nat.sel.choice),
+    }
+
+
+__all__ = ["process_patient"]
