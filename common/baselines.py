@@ -20,10 +20,9 @@ from sklearn.preprocessing import StandardScaler
 
 from common.data import SiteCache
 from common.schema import MODEL_CLINICAL_FEATURES, encode_clinical
+from common.site_cache import KINETIC_FEATURES, KINETICS
 
-#: Braman et al. kinetic features (CACHE/kinetics.csv columns), n_phases excluded (acquisition, not tumour).
-KINETIC_FEATURES: tuple[str, ...] = ("time_to_peak", "max_pe", "early_pe", "late_pe", "ser", "uptake_rate",
-                                     "washout_rate")
+# KINETIC_FEATURES: Braman et al. kinetic features (the cache's kinetics table), n_phases excluded.
 
 Part = tuple[SiteCache, Sequence[str]]
 
@@ -83,7 +82,7 @@ class ClinicalLogistic(Baseline):
 
 def read_kinetics(cache: SiteCache) -> pd.DataFrame:
     """CACHE/kinetics.csv indexed by patient_id (clear error naming the file when absent or malformed)."""
-    path = Path(cache.path) / "kinetics.csv"
+    path = Path(cache.path) / KINETICS
     if not path.is_file():
         raise FileNotFoundError(f"kinetic features missing: {path}")
     table = pd.read_csv(path, dtype={"patient_id": str})
@@ -107,7 +106,7 @@ class KineticLogistic(Baseline):
         table = read_kinetics(cache)
         absent = [i for i in ids if i not in table.index]
         if absent:
-            warnings.warn(f"{cache.path / 'kinetics.csv'}: no kinetic features for patients {absent[:5]}"
+            warnings.warn(f"{cache.path / KINETICS}: no kinetic features for patients {absent[:5]}"
                           f"{' ...' if len(absent) > 5 else ''}; imputed", stacklevel=2)
         rows = table.reindex(list(ids))[list(KINETIC_FEATURES)]
         return rows.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)

@@ -78,9 +78,10 @@ def _workers() -> int:
 
 def _cache_is_current(cache: Path, prep: PrepConfig) -> bool:
     """A finished cache (manifest written) prepared with ``prep``'s hash."""
+    from common.site_cache import MANIFEST, read_prep_hash
+
     try:
-        return json.loads((cache / "prep_config.json").read_text()).get("hash") == prep.hash() and \
-            (cache / "manifest.csv").is_file()
+        return read_prep_hash(cache) == prep.hash() and (cache / MANIFEST).is_file()
     except (OSError, ValueError):
         return False
 
@@ -89,6 +90,7 @@ def _prepare_real(cfg: ExperimentConfig, out_dir: Path, clinical: Path | None,
                   progress: Callable[[str], None]) -> dict[str, Path]:
     """A real collection: prepare it as one cache, then split it into site caches by ``cfg.partition``."""
     from common import paths
+    from common.site_cache import read_manifest
     from simulation.partition import assign_from_dicom, assign_from_table, make_partition, split_caches
 
     if not cfg.data_root:
@@ -109,7 +111,7 @@ def _prepare_real(cfg: ExperimentConfig, out_dir: Path, clinical: Path | None,
     if not _cache_is_current(whole, prep):
         progress(f"preparing {root} ({cfg.dataset}) into {whole} ...")
         _prepare_one(root, table, whole, prep, fmt=cfg.dataset, boxes=boxes)
-    manifest = pd.read_csv(whole / "manifest.csv", dtype={"patient_id": str})
+    manifest = read_manifest(whole)
     if cfg.partition in ("trial_site", "site") and cfg.dataset != "mama-mia":
         try:
             assign = assign_from_dicom(root, by="trial_site")
@@ -128,7 +130,7 @@ def _prepare_real(cfg: ExperimentConfig, out_dir: Path, clinical: Path | None,
 
 def _assign_by_key(manifest: pd.DataFrame, assign: dict[str, str]) -> dict[str, str]:
     """Match DICOM PatientIDs / table ids to manifest ids across spellings (``id_key``)."""
-    from common.preprocess.clinical import id_key
+    from common.patient_id import id_key
 
     by_key = {id_key(k): v for k, v in assign.items()}
     return {pid: by_key[id_key(pid)] for pid in manifest["patient_id"] if id_key(pid) in by_key}

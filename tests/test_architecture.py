@@ -18,8 +18,6 @@ PACKAGES: tuple[str, ...] = ("common", "client", "server", "simulation")
 KNOWN_VIOLATIONS: frozenset[str] = frozenset({
     "client.app imports server",
     "client.task imports server",
-    "import cycle: common.preprocess.clinical -> common.preprocess.clinical_mapping -> "
-    "common.preprocess.clinical_sources",
 })
 
 #: (importing package, forbidden top-level package): client and server never import each other; common is
