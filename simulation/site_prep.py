@@ -3,7 +3,6 @@ split into sites; caches with the current preprocessing hash are reused."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
