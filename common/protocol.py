@@ -257,17 +257,19 @@ class SiteSettings:
 
 
 def _run_value(kind: type) -> Callable[[str, Any], Any]:
+    """Parser of one run-config value of type ``kind`` (ValueError naming the key)."""
+    accepted = {int: (int, np.integer), float: (int, float, np.number), bool: (bool, np.bool_), str: (str,)}[kind]
+
     def parse(key: str, value: Any) -> Any:
-        if kind is int and not isinstance(value, bool) and isinstance(value, (int, np.integer)):
-            return int(value)
-        if kind is str and isinstance(value, str):
-            return value
+        if isinstance(value, accepted) and (kind is bool or not isinstance(value, (bool, np.bool_))):
+            return kind(value)
         raise ValueError(f"run config {key!r} must be {kind.__name__}, got {value!r}")
 
     return parse
 
 
-_RUN_PARSERS = {"int": _run_value(int), "str": _run_value(str)}
+#: SiteSettings field annotation -> parser (a new field type needs an entry here).
+_RUN_PARSERS = {t.__name__: _run_value(t) for t in (int, float, bool, str)}
 
 
 def json_object(text: str, key: str) -> dict[str, Any]:
