@@ -50,11 +50,14 @@ def prepare_site(dicom: Path, clinical: Path, out: Path, extra: Sequence[str]) -
 
 def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | None = None) -> str:
     """``--node-config`` value: the cache path (site label, audit directory) as TOML strings."""
-    items = [f"data-path={_toml_str(str(data_path.resolve()))}"]
+    from client.audit import AUDIT_DIR
+    from client.site import DATA_PATH, SITE_NAME_KEY
+
+    items = [f"{DATA_PATH}={_toml_str(str(data_path.resolve()))}"]
     if site_name:
-        items.append(f"site-name={_toml_str(site_name)}")
+        items.append(f"{SITE_NAME_KEY}={_toml_str(site_name)}")
     if audit_dir is not None:
-        items.append(f"audit-dir={_toml_str(str(audit_dir.resolve()))}")
+        items.append(f"{AUDIT_DIR}={_toml_str(str(audit_dir.resolve()))}")
     return " ".join(items)
 
 

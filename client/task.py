@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 
 from common.config import TrainConfig
 from common.data import PCRDataset, SiteCache, load_cache, split_patients
+from common.metrics_counts import THRESHOLD_GRID, threshold_counts
 from common.models import build_model
 from common.models.config import ModelConfig
+from common.site_cache import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class SiteData:
 
 def load_site(path: str, seed: int, val_fraction: float, test_fraction: float) -> SiteData:
     """Load a site cache once per process (reloaded when its manifest changes) and split it by patient."""
-    manifest = Path(path) / "manifest.csv"
+    manifest = Path(path) / MANIFEST
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
     return _load_site(str(path), stamp, seed, val_fraction, test_fraction)
 
@@ -54,22 +56,29 @@ def _load_site(path: str, stamp: int, seed: int, val_fraction: float, test_fract
 
 def arrays_from_model(model: torch.nn.Module) -> ArrayRecord:
     """State-dict-named ArrayRecord of a model (what travels to the server)."""
-    return ArrayRecord({k: Array(v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items()})
+    return ArrayRecord(model.state_dict())
 
 
-def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
-
-
-def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load named arrays into ``model`` (dtypes follow the model's own tensors)."""
-    state = model.state_dict()
-    missing = set(state) - set(arrays)
-    extra = set(arrays) - set(state)
+def model_from_arrays(model_cfg: ModelConfig, seed: int, arrays: ArrayRecord,
+                      local: ArrayRecord | None = None) -> torch.nn.Module:
+    """A model holding ``arrays`` (the global weights), with ``local``'s entries (FedBN norm layers) on top."""
+    model = new_model(model_cfg, seed)
+    state = dict(arrays.to_torch_state_dict())
+    if local is not None:
+        state.update({k: v for k, v in local.to_torch_state_dict().items() if k in state})
+    own = model.state_dict()
+    missing, extra = set(own) - set(state), set(state) - set(own)
     if missing or extra:
         raise ValueError(f"received arrays do not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(extra)[:5]}")
-    model.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(state[k].dtype) for k in state})
+    model.load_state_dict(state)  # copy_ casts each tensor to the model's own dtype
+    return model
+
+
+def local_norm_arrays(model: torch.nn.Module) -> ArrayRecord:
+    """The model's norm-layer tensors (FedBN keeps these in ``context.state``)."""
+    keys = norm_keys(model)
+    return ArrayRecord({k: v for k, v in model.state_dict().items() if k in keys})
 
 
 def new_model(model_cfg: ModelConfig, seed: int) -> torch.nn.Module:
@@ -101,10 +110,8 @@ def train_local(model: torch.nn.Module, site: SiteData, model_cfg: ModelConfig, 
 def evaluate_local(model: torch.nn.Module, site: SiteData, split: str, model_cfg: ModelConfig,
                    train_cfg: TrainConfig) -> dict[str, Any]:
     """Counts on the threshold grid for one split: ``{"counts", "n", "n_pos", "n_neg", "loss"}``."""
+    from common.metrics import binary_cross_entropy
     from common.train import predict
-    from server.aggregation import metrics_module
-
-    THRESHOLD_GRID, threshold_counts = metrics_module().THRESHOLD_GRID, metrics_module().threshold_counts
 
     dataset = site.dataset(split, model_cfg)
     if len(dataset) == 0:
@@ -114,7 +121,6 @@ def evaluate_local(model: torch.nn.Module, site: SiteData, split: str, model_cfg
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     counts = np.asarray(threshold_counts(labels, scores, THRESHOLD_GRID), dtype=np.int64)
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    loss = binary_cross_entropy(labels, scores)
     return {"counts": counts, "n": int(len(labels)), "n_pos": int(labels.sum()),
             "n_neg": int(len(labels) - labels.sum()), "loss": loss}

@@ -7,47 +7,33 @@ AUROC does not decompose over sites, so sites send TP/FP/TN/FN counts on the sha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
-COUNT_KEYS = ("tp", "fp", "tn", "fn")
-SITE_RECORD = "site"  # ConfigRecord in replies naming the site (an institution label, not patient data)
+from common.metrics_counts import THRESHOLD_GRID, auroc_from_counts, metrics_from_counts, youden_from_counts
+from common.protocol import (
+    AUROC,
+    LOSS,
+    N_NEG,
+    N_POS,
+    NUM_EXAMPLES,
+    SITE,
+    SITE_NAME,
+    TEST_PREFIX,
+    TP,
+    counts_from_lists,
+)
 
 
-def counts_from_metrics(metrics: MetricRecord | dict[str, Any], prefix: str = "") -> np.ndarray:
-    """(len(grid), 4) int64 TP/FP/TN/FN array from a reply's ``tp``/``fp``/``tn``/``fn`` lists."""
-    cols = [np.asarray(metrics[prefix + k], dtype=np.int64) for k in COUNT_KEYS]
-    if len({c.shape for c in cols}) != 1:
-        raise ValueError(f"count lists {prefix}tp/fp/tn/fn have different lengths")
-    return np.stack(cols, axis=1)
-
-
-def counts_to_metrics(counts: np.ndarray, prefix: str = "") -> dict[str, list[int]]:
-    """Inverse of :func:`counts_from_metrics` (int lists a MetricRecord can carry)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    return {prefix + k: [int(v) for v in counts[:, j]] for j, k in enumerate(COUNT_KEYS)}
-
-
-def metrics_module():
-    """H4's count functions: ``common.metrics`` (re-exports) or ``common.metrics_counts``."""
-    try:
-        import common.metrics as m
-
-        if hasattr(m, "threshold_counts"):
-            return m
-    except ImportError:
-        pass
-    import common.metrics_counts as mc
-
-    return mc
+def counts_from_metrics(metrics: MetricRecord | Mapping[str, Any], prefix: str = "") -> np.ndarray:
+    """(len(THRESHOLD_GRID), 4) int64 TP/FP/TN/FN from a reply's count lists (validated, key named on error)."""
+    return counts_from_lists(metrics, prefix, length=len(THRESHOLD_GRID))
 
 
 def safe_auroc(counts: np.ndarray) -> float:
     """AUROC from counts, NaN when a class is absent (undefined, not 0.5)."""
-    auroc_from_counts = metrics_module().auroc_from_counts
-
     n_pos = int(counts[0, 0] + counts[0, 3])
     n_neg = int(counts[0, 1] + counts[0, 2])
     if n_pos == 0 or n_neg == 0:
@@ -68,13 +54,13 @@ def sum_counts_aggr(records: list[RecordDict], weighting_key: str) -> MetricReco
         values = [m[key] for m in metrics]
         if isinstance(values[0], list):
             out[key] = [int(v) for v in np.sum(np.asarray(values, dtype=np.int64), axis=0)]
-        elif key in (weighting_key, "n-pos", "n-neg") or key.endswith(("-n-pos", "-n-neg", "num-examples")):
+        elif key in (weighting_key, N_POS, N_NEG) or key.endswith((N_POS, N_NEG, NUM_EXAMPLES)):
             out[key] = int(sum(int(v) for v in values))
         else:
             out[key] = float(np.dot(weights, np.asarray(values, dtype=float)) / total)
-    for prefix in ("", "test-"):
-        if prefix + "tp" in out:
-            out[prefix + "auroc"] = safe_auroc(counts_from_metrics(out, prefix))
+    for prefix in ("", TEST_PREFIX):
+        if prefix + TP in out:
+            out[prefix + AUROC] = safe_auroc(counts_from_metrics(out, prefix))
     return out
 
 
@@ -91,9 +77,9 @@ class RoundEvaluation:
 
 def site_name(msg: Message) -> str:
     """The site label a reply carries, else ``node-<id>``."""
-    rec = msg.content.config_records.get(SITE_RECORD) if msg.has_content() else None
-    if rec is not None and rec.get("name"):
-        return str(rec["name"])
+    rec = msg.content.config_records.get(SITE) if msg.has_content() else None
+    if rec is not None and rec.get(SITE_NAME):
+        return str(rec[SITE_NAME])
     return f"node-{msg.metadata.src_node_id}"
 
 
@@ -106,13 +92,13 @@ def evaluate_replies(replies: Iterable[Message]) -> RoundEvaluation:
         m = next(iter(msg.content.metric_records.values()))
         counts = counts_from_metrics(m)
         result.pooled_counts = counts if result.pooled_counts is None else result.pooled_counts + counts
-        n = int(m["num-examples"])
+        n = int(m[NUM_EXAMPLES])
         result.n_examples += n
-        site = {"auroc": safe_auroc(counts), "n": float(n), "loss": float(m.get("loss", float("nan")))}
-        if "test-tp" in m:
-            tc = counts_from_metrics(m, "test-")
+        site = {AUROC: safe_auroc(counts), "n": float(n), LOSS: float(m.get(LOSS, float("nan")))}
+        if TEST_PREFIX + TP in m:
+            tc = counts_from_metrics(m, TEST_PREFIX)
             result.test_counts = tc if result.test_counts is None else result.test_counts + tc
-            site["test-auroc"] = safe_auroc(tc)
+            site[TEST_PREFIX + AUROC] = safe_auroc(tc)
         result.per_site[site_name(msg)] = site
     if result.pooled_counts is not None:
         result.pooled_auroc = safe_auroc(result.pooled_counts)
@@ -121,13 +107,13 @@ def evaluate_replies(replies: Iterable[Message]) -> RoundEvaluation:
 
 def threshold_from_counts(counts: np.ndarray, youden_weight: float = 0.5) -> float:
     """Operating threshold on the grid maximising w*sens + (1-w)*spec - 1 (Youden at w=0.5)."""
-    return float(metrics_module().youden_from_counts(np.asarray(counts, dtype=np.int64), w=youden_weight))
+    return float(youden_from_counts(np.asarray(counts, dtype=np.int64), w=youden_weight))
 
 
 def val_metrics_from_counts(counts: np.ndarray, threshold: float) -> dict[str, float]:
     """Pooled validation metrics at ``threshold`` plus AUROC, from summed counts."""
-    out = {k: float(v) for k, v in dict(metrics_module().metrics_from_counts(counts, threshold)).items()
+    out = {k: float(v) for k, v in dict(metrics_from_counts(counts, threshold)).items()
            if isinstance(v, (int, float, np.number))}
-    out["auroc"] = safe_auroc(np.asarray(counts))
+    out[AUROC] = safe_auroc(np.asarray(counts))
     out["n"] = float(counts[0, :].sum())
     return out

@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from common.hashing import stable_hash
+from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
 from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc, site_name
 from server.checkpoint import (
     append_metrics,
@@ -44,12 +45,14 @@ def config_fingerprint(cfg: FederationConfig) -> str:
     return stable_hash({k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS})
 
 
-def _to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Named numpy arrays of a record (the checkpoint's npz format)."""
+    return dict(zip(record.keys(), record.to_numpy_ndarrays()))
+
+
+def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """ArrayRecord from a checkpoint's named numpy arrays."""
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
-
-
-def _to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
 
 
 def log_refusals(replies: Iterable[Message], phase: str, rnd: int) -> list[dict[str, Any]]:
@@ -58,47 +61,40 @@ def log_refusals(replies: Iterable[Message], phase: str, rnd: int) -> list[dict[
     for msg in replies:
         if msg.has_error():
             node = msg.metadata.src_node_id
-            reason = msg.error.reason or f"error code {msg.error.code}"
+            reason = msg.error.reason or describe_error(msg.error.code)
             log.error("round %d %s: node %d REFUSED/FAILED: %s", rnd, phase, node, reason)
             out.append({"node": int(node), "phase": phase, "code": int(msg.error.code), "reason": reason})
     return out
 
 
-def _initial_arrays(cfg: FederationConfig) -> dict[str, np.ndarray]:
+def _initial_arrays(cfg: FederationConfig) -> ArrayRecord:
     import torch
 
     from common.models import build_model
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model())
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return ArrayRecord(build_model(cfg.model()).state_dict())
 
 
-def _round_config(cfg: FederationConfig, extra: Mapping[str, Any]) -> ConfigRecord:
-    train_cfg = cfg.train()
-    base = {
-        "prep-hash": cfg.prep().hash(),
-        "model-hash": cfg.model().hash(),
-        "local-epochs": int(cfg.local_epochs),
-        "lr": float(train_cfg.lr),
-        "prox-mu": float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
-        "local-norm": bool(uses_local_norm(cfg)),
-        "eval-split": cfg.eval_split,
-    }
-    base.update(extra)
-    return ConfigRecord(base)
+def round_config(cfg: FederationConfig) -> ConfigRecord:
+    """The per-round site config (common.protocol.RoundConfig); strategies add the server round."""
+    rc = RoundConfig(prep_hash=cfg.prep().hash(), model_hash=cfg.model().hash(),
+                     local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
+                     proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
+                     local_norm=bool(uses_local_norm(cfg)), eval_split=cfg.eval_split)
+    return ConfigRecord(rc.to_dict())
 
 
 def _evaluate(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig,
               timeout: float) -> tuple[RoundEvaluation, list[dict[str, Any]]]:
     replies = list(grid.send_and_receive(
-        messages=strategy.configure_evaluate(rnd, arrays, _round_config(cfg, {}), grid), timeout=timeout))
+        messages=strategy.configure_evaluate(rnd, arrays, round_config(cfg), grid), timeout=timeout))
     refused = log_refusals(replies, "evaluate", rnd)
     agg = strategy.aggregate_evaluate(rnd, replies)  # summed counts + pooled AUROC (sum_counts_aggr)
     ev = evaluate_replies(replies)
     if agg is not None:
         log.info("round %d: pooled validation AUROC %.4f from summed counts of %d patients", rnd,
-                 float(agg.get("auroc", float("nan"))), int(agg.get("num-examples", ev.n_examples)))
+                 float(agg.get(AUROC, float("nan"))), int(agg.get(NUM_EXAMPLES, ev.n_examples)))
     return ev, refused
 
 
@@ -106,74 +102,78 @@ def _better(value: float, best: float) -> bool:
     return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
-def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = None) -> Path:
-    """The federated training loop; returns the bundle directory."""
-    cfg = FederationConfig.from_run_config(context.run_config, overrides)
-    out = Path(cfg.out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    fingerprint = config_fingerprint(cfg)
-    strategy = build_strategy(cfg)
-    timeout = float(cfg.round_timeout)
-
+def _start(cfg: FederationConfig, out: Path, strategy: Any, fingerprint: str
+           ) -> tuple[int, ArrayRecord, ArrayRecord, dict[str, Any], bool]:
+    """(first round, arrays, best arrays, meta, fresh) from the checkpoint in ``out`` or from scratch."""
     ckpt = load_checkpoint(out) if cfg.resume else None
     if ckpt is not None and ckpt.meta.get("config_hash") != fingerprint:
         raise ValueError(f"checkpoint in {out} was made with different federation settings "
                          f"({ckpt.meta.get('config_hash')} != {fingerprint}); use another out-dir or resume=false")
     if ckpt is not None:
-        start = ckpt.round + 1
-        arrays_np, best_np = ckpt.arrays, ckpt.best_arrays
         restore_strategy_state(strategy, ckpt.strategy_state)
-        meta = dict(ckpt.meta)
         truncate_metrics(out, ckpt.round)
         log.info("resuming from checkpoint: round %d finished; continuing at round %d of %d",
-                 ckpt.round, start, cfg.num_server_rounds)
-    else:
-        start = 1
-        arrays_np = _initial_arrays(cfg)
-        best_np = dict(arrays_np)
-        meta = {"best_round": 0, "best_auroc": float("nan"), "best_counts": None, "train_sites": [],
-                "strategy": cfg.strategy, "config_hash": fingerprint}
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+                 ckpt.round, ckpt.round + 1, cfg.num_server_rounds)
+        return ckpt.round + 1, _record(ckpt.arrays), _record(ckpt.best_arrays), dict(ckpt.meta), False
+    arrays = _initial_arrays(cfg)
+    meta = {"best_round": 0, "best_auroc": float("nan"), "best_counts": None, "train_sites": [],
+            "strategy": cfg.strategy, "config_hash": fingerprint}
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return 1, arrays, arrays, meta, True
+
+
+def _train_round(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig
+                 ) -> tuple[ArrayRecord, Any, list[str], list[dict[str, Any]]]:
+    """One train round: (new global arrays, aggregated metrics, sites that trained, refusals)."""
+    replies = list(grid.send_and_receive(
+        messages=strategy.configure_train(rnd, arrays, round_config(cfg), grid), timeout=float(cfg.round_timeout)))
+    refused = log_refusals(replies, "train", rnd)
+    agg_arrays, agg_metrics = strategy.aggregate_train(rnd, replies)
+    if agg_arrays is None:
+        raise RuntimeError(f"round {rnd}: no site returned a model update ({len(refused)} refused/failed; "
+                           "see the errors above)")
+    sites = sorted({site_name(m) for m in replies if not m.has_error()})
+    return agg_arrays, agg_metrics, sites, refused
+
+
+def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = None) -> Path:
+    """The federated training loop; returns the bundle directory."""
+    cfg = FederationConfig.from_run_config(context.run_config, overrides)
+    out = Path(cfg.out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg)
+    timeout = float(cfg.round_timeout)
+    start, arrays, best, meta, fresh = _start(cfg, out, strategy, config_fingerprint(cfg))
+    if fresh and cfg.initial_eval:
         t0 = time.time()
-    if ckpt is None and cfg.initial_eval:
-        ev0, refused0 = _evaluate(strategy, grid, 0, _to_record(arrays_np), cfg, timeout)
+        ev0, refused0 = _evaluate(strategy, grid, 0, arrays, cfg, timeout)
         append_metrics(out, {"round": 0, "strategy": cfg.strategy, "pooled_val_auroc": ev0.pooled_auroc,
                              "val_n": ev0.n_examples, "per_site": ev0.per_site, "train_loss": None,
                              "refused": refused0, "time_s": time.time() - t0})
-
-    arrays = _to_record(arrays_np)
     for rnd in range(start, cfg.num_server_rounds + 1):
         t0 = time.time()
-        train_replies = list(grid.send_and_receive(
-            messages=strategy.configure_train(rnd, arrays, _round_config(cfg, {}), grid), timeout=timeout))
-        refused = log_refusals(train_replies, "train", rnd)
-        agg_arrays, agg_metrics = strategy.aggregate_train(rnd, train_replies)
-        if agg_arrays is None:
-            raise RuntimeError(f"round {rnd}: no site returned a model update ({len(refused)} refused/failed; "
-                               "see the errors above)")
-        arrays = agg_arrays
-        sites = sorted({site_name(m) for m in train_replies if not m.has_error()})
+        arrays, agg_metrics, sites, refused = _train_round(strategy, grid, rnd, arrays, cfg)
         meta["train_sites"] = sorted(set(meta["train_sites"]) | set(sites))
         ev, refused_eval = _evaluate(strategy, grid, rnd, arrays, cfg, timeout)
         if _better(ev.pooled_auroc, float(meta["best_auroc"]) if meta["best_auroc"] is not None else math.nan):
             meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
                         best_counts=None if ev.pooled_counts is None else ev.pooled_counts.tolist())
-            best_np = _to_numpy(arrays)
+            best = arrays
         row = {"round": rnd, "strategy": cfg.strategy, "pooled_val_auroc": ev.pooled_auroc,
                "val_n": ev.n_examples, "per_site": ev.per_site,
-               "train_loss": None if agg_metrics is None else float(agg_metrics.get("train-loss", math.nan)),
+               "train_loss": None if agg_metrics is None else float(agg_metrics.get(TRAIN_LOSS, math.nan)),
                "train_sites": sites, "refused": refused + refused_eval, "time_s": time.time() - t0}
         if ev.test_counts is not None:
             row["pooled_test_auroc"] = safe_auroc(ev.test_counts)
         append_metrics(out, row)
-        save_checkpoint(out, rnd, _to_numpy(arrays), best_np, strategy_state(strategy), meta)
+        save_checkpoint(out, rnd, _numpy(arrays), _numpy(best), strategy_state(strategy), meta)
         log.info("round %d done: pooled val AUROC %.4f (best %.4f at round %s); checkpoint saved in %s",
                  rnd, ev.pooled_auroc, meta["best_auroc"] if meta["best_auroc"] is not None else math.nan,
                  meta["best_round"], out)
-    return write_bundle(out, cfg, best_np, meta)
+    return write_bundle(out, cfg, best, meta)
 
 
-def write_bundle(out: Path, cfg: FederationConfig, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
+def write_bundle(out: Path, cfg: FederationConfig, arrays: ArrayRecord, meta: Mapping[str, Any]) -> Path:
     """Save the best round's model as a ``fedpcr`` bundle; threshold from the summed validation counts."""
     import torch
 
@@ -184,8 +184,7 @@ def write_bundle(out: Path, cfg: FederationConfig, arrays: Mapping[str, np.ndarr
     model_cfg, train_cfg = cfg.model(), cfg.train()
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)
-    state = model.state_dict()
-    model.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(state[k].dtype) for k in state})
+    model.load_state_dict(arrays.to_torch_state_dict())
     counts = meta.get("best_counts")
     if counts is not None:
         counts_np = np.asarray(counts, dtype=np.int64)

@@ -193,6 +193,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The run config ``flwr run`` submits (CLI options + ``--set``), validated before anything starts."""
+    from server.config import FederationConfig
+
+    run_config: dict[str, Any] = {"out-dir": str(out)}
+    if args.rounds is not None:
+        run_config["num-server-rounds"] = args.rounds
+    if args.strategy is not None:
+        run_config["strategy"] = args.strategy
+    if args.min_nodes is not None:
+        run_config["min-nodes"] = args.min_nodes
+    run_config.update(_parse_set(args.sets))
+    FederationConfig.from_run_config(run_config)  # unknown keys / bad values fail here
+    return run_config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedpcr-server``; returns 0 when the run wrote its model bundle."""
     args = parse_args(argv)
@@ -208,18 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     connect_host = args.connect_host or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     write_connection(flwr_home, f"{connect_host}:{args.port}", args.ca_cert, args.insecure)
 
-    run_config: dict[str, Any] = {"out-dir": str(out)}
-    if args.rounds is not None:
-        run_config["num-server-rounds"] = args.rounds
-    if args.strategy is not None:
-        run_config["strategy"] = args.strategy
-    if args.min_nodes is not None:
-        run_config["min-nodes"] = args.min_nodes
-    run_config.update(_parse_set(args.sets))
-    from server.config import FederationConfig
-
-    FederationConfig.from_run_config(run_config)  # unknown keys / bad values fail here, before anything starts
-    rc_path = write_run_config(out / "run_config.toml", run_config)
+    rc_path = write_run_config(out / "run_config.toml", _run_config(args, out))
 
     superlink: subprocess.Popen | None = None
     log_fh = (out / "superlink.log").open("ab")

@@ -1,4 +1,4 @@
-"""Federation settings (one dataclass) shared by the ServerApp and the ClientApp.
+"""Federation settings of the coordinator (one dataclass; hospitals read only common.protocol.SiteSettings).
 
 Under ``flower-superlink`` the values come from ``[tool.flwr.app.config]`` (``context.run_config``);
 under ``flwr.simulation.run_simulation`` the run config is empty, so every field has its default
@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from common.config import PrepConfig, TrainConfig, from_dict
-from common.models.config import ModelConfig, preset
+from common.models.config import ModelConfig
+from common.protocol import SiteSettings, json_object
+
+_SITE = SiteSettings()  # the defaults of the fields a hospital also reads are decided there
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn", "fedtrimmedavg", "fedmedian")
 
@@ -28,7 +31,7 @@ class FederationConfig:
     fraction_evaluate: float = 1.0
     #: Rounds wait until this many SuperNodes are connected (and sample at least this many).
     min_nodes: int = 2
-    local_epochs: int = 1
+    local_epochs: int = _SITE.local_epochs
     #: FedProx proximal weight mu (only used by ``fedprox``).
     proximal_mu: float = 0.01
     #: FedAdam / FedYogi server learning rate and adaptivity.
@@ -38,7 +41,7 @@ class FederationConfig:
     trim_beta: float = 0.2
     #: Seconds the server waits for replies in a round.
     round_timeout: float = 3600.0
-    seed: int = 0
+    seed: int = _SITE.seed
     #: Where checkpoints, metrics.jsonl and the final bundle go (the ServerApp's machine).
     out_dir: str = "fedpcr-runs/federated"
     #: Resume from ``out_dir``'s last checkpoint when one exists.
@@ -48,10 +51,10 @@ class FederationConfig:
     #: Also return test-split counts in evaluation ("val" | "test"); test is for final reporting only.
     eval_split: str = "val"
     #: Model preset name plus JSON overrides of ModelConfig fields ("" = none).
-    model_preset: str = "small"
-    model_config: str = ""
+    model_preset: str = _SITE.model_preset
+    model_config: str = _SITE.model_config
     #: JSON overrides of TrainConfig / PrepConfig fields ("" = defaults).
-    train_config: str = ""
+    train_config: str = _SITE.train_config
     prep_config: str = ""
 
     def __post_init__(self) -> None:
@@ -68,43 +71,26 @@ class FederationConfig:
         data.update(overrides or {})
         return from_dict(cls, data, source="federation run config")
 
+    def site(self) -> SiteSettings:
+        """The part of this config a hospital reads (common.protocol.SiteSettings)."""
+        return SiteSettings(seed=self.seed, local_epochs=self.local_epochs, model_preset=self.model_preset,
+                            model_config=self.model_config, train_config=self.train_config)
+
     def model(self) -> ModelConfig:
         """The model config every node must build identically (its hash travels each round)."""
-        extra = _json(self.model_config, "model-config")
-        base = preset(self.model_preset)
-        return from_dict(ModelConfig, {**dataclasses.asdict(base), **extra}, source="model-config")
+        return self.site().model()
 
     def train(self) -> TrainConfig:
-        """Local training settings (seed defaults to the federation seed)."""
-        extra = _json(self.train_config, "train-config")
-        extra.setdefault("seed", self.seed)
-        cfg = from_dict(TrainConfig, extra, source="train-config")
-        if cfg.lr_schedule != "constant":
-            # a round trains local_epochs from the global weights with a fresh optimiser: an epoch schedule
-            # over TrainConfig.epochs would silently never apply, so refuse it instead of ignoring it
-            raise ValueError(f"train-config: lr_schedule {cfg.lr_schedule!r} applies to centralised training "
-                             "(fedpcr train, the pooled and local arms) only; federated runs use 'constant'")
-        return cfg
+        """Local training settings (seed defaults to the federation seed; no lr schedule)."""
+        return self.site().train()
 
     def prep(self) -> PrepConfig:
         """The preprocessing every site's cache must have been made with."""
-        return from_dict(PrepConfig, _json(self.prep_config, "prep-config"), source="prep-config")
+        return from_dict(PrepConfig, json_object(self.prep_config, "prep-config"), source="prep-config")
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat dict with Flower's dashed keys (what ``[tool.flwr.app.config]`` holds)."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
-
-
-def _json(text: str, key: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"run config {key!r} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"run config {key!r} must be a JSON object")
-    return value
 
 
 def config_json(cfg: Any) -> str:

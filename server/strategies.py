@@ -18,19 +18,20 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from common.protocol import NUM_EXAMPLES
 from server.aggregation import sum_counts_aggr
 from server.config import FederationConfig
 
 
 def build_strategy(cfg: FederationConfig) -> Strategy:
-    """The configured strategy; patients (``num-examples``) weight the averages."""
+    """The configured strategy; patients (``NUM_EXAMPLES``) weight the averages."""
     common = dict(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,
         min_evaluate_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
-        weighted_by_key="num-examples",
+        weighted_by_key=NUM_EXAMPLES,
         evaluate_metrics_aggr_fn=sum_counts_aggr,
     )
     name = cfg.strategy

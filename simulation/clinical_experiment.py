@@ -174,9 +174,10 @@ def fit_federated_lr(site_data: dict[str, tuple[np.ndarray, np.ndarray]], cfg: C
     server (declearn style), so no per-patient score leaves a site.
     """
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     from common.metrics import auroc_from_counts, threshold_counts
+    from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
+    from simulation.flower_compat import aggregate_arrayrecords
 
     rng = np.random.default_rng(seed)
     dim = next(iter(site_data.values()))[0].shape[1] + 1
@@ -186,9 +187,9 @@ def fit_federated_lr(site_data: dict[str, tuple[np.ndarray, np.ndarray]], cfg: C
         replies = []
         for site, (X, y) in site_data.items():
             w_local = _local_sgd(w, X, y, cfg, mu, rng)
-            replies.append(RecordDict({"arrays": ArrayRecord({"w": Array(w_local)}),
-                                       "metrics": MetricRecord({"num-examples": int(len(y))})}))
-        w = aggregate_arrayrecords(replies, "num-examples")["w"].numpy().astype(np.float64)
+            replies.append(RecordDict({ARRAYS: ArrayRecord({"w": Array(w_local)}),
+                                       METRICS: MetricRecord({NUM_EXAMPLES: int(len(y))})}))
+        w = aggregate_arrayrecords(replies, NUM_EXAMPLES)["w"].numpy().astype(np.float64)
         if val_data:
             counts = sum(threshold_counts(yv, _score(w, Xv)) for Xv, yv in val_data.values())
             history.append({"round": rnd, "val_auroc": float(auroc_from_counts(counts))})

@@ -9,18 +9,19 @@ partition-id of each virtual SuperNode is mapped to its site cache.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from common.config import PrepConfig, TrainConfig, from_dict
 from common.models.config import ModelConfig
+from common.site_cache import PREP_CONFIG
 from server.checkpoint import read_metrics
 from server.config import config_json
+from simulation.flower_compat import ray_kept_warm, shutdown_ray
 
 log = logging.getLogger("fedpcr.simulation")
 
@@ -45,68 +46,10 @@ def _site_prep(site_caches: Mapping[str, Path]) -> PrepConfig:
 
     caches = [load_cache(p) for p in site_caches.values()]
     check_same_prep(caches)
-    return from_dict(PrepConfig, caches[0].prep_config, source=str(caches[0].path / "prep_config.json"))
+    return from_dict(PrepConfig, caches[0].prep_config, source=str(caches[0].path / PREP_CONFIG))
 
 
-_WARM_POOL: Any = None  # the Ray actor pool kept between runs (actors keep torch etc. imported)
-
-
-@contextlib.contextmanager
-def _ray_kept_warm(enabled: bool) -> Iterator[None]:
-    """Keep Ray and its ClientApp actor pool alive across runs (Flower's backend tears both down).
-
-    Patches ``RayBackend.build``/``terminate`` for the duration of one run: ``build`` reuses the
-    previous run's idle actors when the resources match, ``terminate`` leaves them running.
-    Everything is shut down at interpreter exit.
-    """
-    if not enabled:
-        yield
-        return
-    from flwr.server.superlink.fleet.vce.backend import raybackend
-
-    orig_build, orig_terminate = raybackend.RayBackend.build, raybackend.RayBackend.terminate
-
-    def build(self: Any, app_fn: Any) -> None:
-        global _WARM_POOL
-        pool = _WARM_POOL
-        if (pool is not None and pool.client_resources == self.client_resources
-                and len(pool.pool) == pool.num_actors and not pool._future_to_actor):
-            self.pool, self.app_fn = pool, app_fn
-            return
-        if pool is not None:
-            pool.terminate_all_actors()
-        orig_build(self, app_fn)
-        _WARM_POOL = self.pool
-
-    def terminate(self: Any) -> None:  # keep Ray and the actors
-        return None
-
-    raybackend.RayBackend.build = build  # type: ignore[method-assign]
-    raybackend.RayBackend.terminate = terminate  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        raybackend.RayBackend.build = orig_build  # type: ignore[method-assign]
-        raybackend.RayBackend.terminate = orig_terminate  # type: ignore[method-assign]
-
-
-def _shutdown_ray() -> None:
-    """Stop the warm actors and Ray (at exit, or when a caller wants the CPUs back)."""
-    global _WARM_POOL
-    try:
-        import ray
-
-        if ray.is_initialized():
-            if _WARM_POOL is not None:
-                _WARM_POOL.terminate_all_actors()
-            ray.shutdown()
-        _WARM_POOL = None
-    except Exception:  # noqa: BLE001 - best effort at interpreter exit
-        pass
-
-
-atexit.register(_shutdown_ray)
-shutdown_ray = _shutdown_ray
+atexit.register(shutdown_ray)
 
 
 def federation_overrides(site_caches: Mapping[str, Path], out_dir: Path, *, strategy: str, num_rounds: int,
@@ -137,7 +80,7 @@ def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str,
     """Federate ``site_caches`` ({site name: cache dir}) in simulation; returns bundle + history.
 
     ``extra_config`` overrides other FederationConfig keys (dashed); ``audit_dir`` keeps a JSONL copy of
-    every reply the sites send (client.app.make_audit_mod).
+    every reply the sites send (client.audit.make_audit_mod).
     """
     from flwr.simulation import run_simulation
 
@@ -155,7 +98,7 @@ def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str,
     FederationConfig.from_run_config({}, overrides)  # fail fast on a bad key, before Ray starts
     sites = {i: (name, str(Path(path).resolve())) for i, (name, path) in enumerate(site_caches.items())}
     t0 = time.time()
-    with _ray_kept_warm(KEEP_RAY_WARM):
+    with ray_kept_warm(KEEP_RAY_WARM):
         run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides, sites, None if audit_dir is None else str(audit_dir)),
                        num_supernodes=len(sites), backend_config={k: dict(v) for k, v in BACKEND_CONFIG.items()})
     wall = time.time() - t0

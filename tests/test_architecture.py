@@ -13,12 +13,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES: tuple[str, ...] = ("common", "client", "server", "simulation")
 
-#: Violations that exist on main today and are being fixed on other branches; removed when branches wt-a/wt-b
-#: merge. Entries use the exact wording of the failure messages below.
-KNOWN_VIOLATIONS: frozenset[str] = frozenset({
-    "client.app imports server",
-    "client.task imports server",
-})
 
 #: (importing package, forbidden top-level package): client and server never import each other; common is
 #: Flower-free.
@@ -130,19 +124,13 @@ def test_graph_covers_the_project() -> None:
 
 
 def test_client_and_server_never_import_each_other_and_common_is_flower_free() -> None:
-    new = sorted(boundary_violations() - KNOWN_VIOLATIONS)
+    new = sorted(boundary_violations())
     assert not new, "forbidden imports (client<->server, common->flwr):\n  " + "\n  ".join(new)
 
 
 def test_no_import_cycle_among_project_modules() -> None:
-    new = sorted(cycle_violations() - KNOWN_VIOLATIONS)
+    new = sorted(cycle_violations())
     assert not new, "import cycles among project modules:\n  " + "\n  ".join(new)
-
-
-def test_known_violations_still_exist() -> None:
-    """The allow-list cannot go stale: an entry that no longer occurs must be removed from it."""
-    gone = sorted(KNOWN_VIOLATIONS - boundary_violations() - cycle_violations())
-    assert not gone, "KNOWN_VIOLATIONS entries that no longer occur (remove them):\n  " + "\n  ".join(gone)
 
 
 def test_checks_detect_planted_violations() -> None:
