@@ -2,7 +2,8 @@
 
 Generates the embedded cohort when missing, prepares every site, runs the arms (resuming finished ones),
 writes results.csv / cross_site.json / report.md / plots, and prints the report's path. ``--experiment
-clinical`` runs the real clinical-only experiment on the public MAMA-MIA table (no images needed).
+clinical`` runs the real clinical-only experiment on the public MAMA-MIA table (no images needed);
+``--experiment longitudinal`` the real I-SPY2 early-treatment MRI experiment.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="the 3-minute configuration (1 seed, fewer arms)")
-    p.add_argument("--experiment", default=None, choices=["default", "quick", "mrp", "tiny", "clinical"],
+    p.add_argument("--experiment", default=None, choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal"],
                    help="named experiment (default: 'default', or 'quick' with --quick)")
     p.add_argument("--dataset", default="embedded", choices=["embedded", *REAL_DATASETS],
                    help="embedded semi-synthetic cohort, or a real collection under --data-root")
@@ -116,6 +117,25 @@ def _run_clinical(args: argparse.Namespace, out: Path, t0: float) -> int:
     return 0
 
 
+def _run_longitudinal(args: argparse.Namespace, out: Path, t0: float) -> int:
+    """``--experiment longitudinal``: clinical vs + T0 / T0->T1 / T0->T2 MRI measurements on real I-SPY2 tables."""
+    from simulation.longitudinal_experiment import LongitudinalConfig, quick_config, run_longitudinal_experiment
+
+    lcfg = LongitudinalConfig()
+    if args.heldout:
+        lcfg = replace(lcfg, heldout=_split_list(args.heldout) or ())
+    if args.seeds:
+        lcfg = replace(lcfg, seeds=tuple(int(s) for s in _split_list(args.seeds) or ()))
+    if args.min_site_size is not None:
+        lcfg = replace(lcfg, min_site_size=args.min_site_size)
+    if args.quick:
+        lcfg = quick_config(lcfg)
+    _, report = run_longitudinal_experiment(out, lcfg, resume=not args.no_resume)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the chosen experiment and write its report; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -127,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.experiment == "clinical":
         return _run_clinical(args, out, t0)
+    if args.experiment == "longitudinal":
+        return _run_longitudinal(args, out, t0)
     try:
         cfg = experiment_config(args)
     except ValueError as exc:
