@@ -35,6 +35,16 @@ class ModelConfig:
     aux_receptor_head: bool = True
     #: Optional MedicalNet-layout weights file for the image encoder (local path, never downloaded).
     pretrained_path: str | None = None
+    #: Imaging visits the model reads: ``("pre",)`` = pre-treatment only; ``("pre", "early")`` adds the
+    #: early-treatment MRI through the SAME image encoder plus a time embedding of days since baseline
+    #: (MRP's design). A later visit missing for a patient is replaced by a learned embedding.
+    visits: tuple[str, ...] = ("pre",)
+    #: Days since baseline are divided by this before the time embedding (~3 weeks -> ~0.2).
+    visit_days_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not self.visits or self.visits[0] != "pre" or len(set(self.visits)) != len(self.visits):
+            raise ValueError(f"ModelConfig.visits must start with 'pre' and name each visit once, got {self.visits!r}")
 
     def hash(self) -> str:
         return stable_hash(self)

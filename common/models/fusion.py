@@ -10,6 +10,7 @@ from torch import nn
 from common.models.clinical_encoder import ClinicalEncoder
 from common.models.config import ModelConfig
 from common.models.image_encoder import ImageEncoder
+from common.models.visits import VisitEmbedding
 from common.schema import RECEPTOR_TARGETS
 
 #: Column order of a modality mask (N, 2): 1 = modality present for that sample.
@@ -36,6 +37,9 @@ class FusionModel(nn.Module):
             self.image_encoder = ImageEncoder(cfg)
             self.missing_image = nn.Parameter(torch.zeros(cfg.image_features))
             dims.append(cfg.image_features)
+            self.later_visits = nn.ModuleDict({v: VisitEmbedding(cfg.image_features, cfg.visit_days_scale)
+                                               for v in cfg.visits[1:]})
+            dims += [cfg.image_features] * len(self.later_visits)
             if cfg.aux_receptor_head:
                 self.aux_head = nn.Linear(cfg.image_features, len(RECEPTOR_TARGETS))
         if cfg.use_clinical:
@@ -100,6 +104,9 @@ class FusionModel(nn.Module):
                 parts.append(m * feats + (1 - m) * missing.to(feats.dtype))
             else:
                 parts.append(missing)
+            for visit, embed in self.later_visits.items():  # each later visit through the same encoder
+                later = embed(self.image_encoder, batch, visit, n)
+                parts.append(later * mask[:, :1].to(later.dtype) + embed.missing * (1 - mask[:, :1].to(later.dtype)))
         if self.clinical_encoder is not None:
             missing = self.missing_clinical.unsqueeze(0).expand(n, -1)
             if mask[:, 1].any():
