@@ -437,6 +437,9 @@ def _report_markdown(arms: list[ArmResult], frame: pd.DataFrame, *, title: str, 
             rel = p.relative_to(out_dir)
             L += [f"![{p.stem}]({rel.as_posix()})", ""]
 
+    from common.analysis.subgroups import heldout_section  # issue 17: subgroups at each held-out institution
+
+    L.append(heldout_section(arms, config.get("caches"), out_dir, _heldout_site))
     L += ["## Configuration", "", "```json", json.dumps(config, indent=1, default=_json_default), "```", "",
           "## Library versions", "", _md_table(["library", "version"], [[k, v] for k, v in versions.items()]), ""]
     timing = sum(a.seconds for a in arms)

@@ -204,3 +204,20 @@ def test_heldout_subgroups_average_seeds(site) -> None:
     assert got["auroc"] == pytest.approx(np.mean([w["auroc"] for w in want]))
     assert got["ci_low"] == pytest.approx(np.mean([w["ci_low"] for w in want])) and got["seeds"] == 2
     assert "site" not in set(rows["subgroup"])  # one level by construction at a held-out institution
+
+
+def test_simulation_report_has_heldout_subgroups(tmp_path: Path, site) -> None:
+    from simulation.report import ArmResult, write_report
+
+    cache, ids, y, s = site
+    arms = [ArmResult(arm_id=f"heldout-SITEA__{m}__s0", experiment="heldout-SITEA", method=m, seed=0,
+                      train_sites=["B"], predictions={"SITEA": {"ids": [f"SITEA/{i}" for i in ids], "y": y.tolist(),
+                                                                "score": (s if m == "pooled" else 1 - s).tolist()}})
+            for m in ("pooled", "clinical-lr")]
+    path = write_report(arms, tmp_path, title="t", config={"caches": {"SITEA": str(cache.path)}}, semi_synthetic=True)
+    rows = pd.read_csv(tmp_path / "subgroups_heldout.csv", keep_default_na=False, na_values=[""])
+    ge = rows[(rows["method"] == "pooled") & (rows["subgroup"] == "vendor") & (rows["level"] == "GE")].iloc[0]
+    mask = cache.manifest.loc[ids, "manufacturer"].to_numpy() == "GE"
+    assert ge["auroc"] == pytest.approx(binary_report(y[mask], s[mask], 0.5, n_boot=500, seed=0)["auroc"]["value"])
+    md = path.read_text()
+    assert "## Subgroups at the held-out institutions" in md and "| vendor | GE |" in md
