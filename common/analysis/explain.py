@@ -52,26 +52,30 @@ class Explanation:
     ig_image: np.ndarray | None
     ig_clinical: pd.Series | None
     gradcam_layer: str
+    gradcam_class: str = ""  # the class Grad-CAM explains: the predicted one at the operating threshold
     ig_delta: float = float("nan")  # Captum convergence delta: sum of attributions - (f(x) - f(baseline))
 
 
 class _LogitOf(nn.Module):
     """Tensor-in wrapper of the fusion model (attribution libraries call ``f(image[, clinical])``):
-    returns the pCR logit as (N, 1); inputs not passed are the patient's own, fixed."""
+    returns the pCR logit as (N, 1), or (N, 2) class logits ``[-logit, logit]`` (no pCR, pCR) with
+    ``two_class`` so Grad-CAM can explain either class; inputs not passed are the patient's own, fixed."""
 
     def __init__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.model = model
         self.batch = batch
 
-    def forward(self, image: torch.Tensor | None = None, clinical: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor | None = None, clinical: torch.Tensor | None = None,
+                two_class: bool = False) -> torch.Tensor:
         n = (image if image is not None else clinical).shape[0]
         b = {k: v.expand(n, *v.shape[1:]) for k, v in self.batch.items()}
         if image is not None:
             b["image"] = image
         if clinical is not None:
             b["clinical"] = clinical
-        return self.model(b)["logit"].unsqueeze(1)
+        logit = self.model(b)["logit"].unsqueeze(1)
+        return torch.cat([-logit, logit], dim=1) if two_class else logit
 
 
 def gradcam_layer(model: nn.Module, image: torch.Tensor, min_size: int = GRADCAM_MIN_SIZE) -> str:
@@ -100,9 +104,10 @@ def blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.as_tensor(arr, dtype=image.dtype, device=image.device)
 
 
-def explain_one(model: nn.Module, item: dict[str, Any], patient_id: str, cfg: ExplainConfig = ExplainConfig()
-                ) -> Explanation:
-    """Grad-CAM and Integrated Gradients for one dataset item (``PCRDataset`` dict)."""
+def explain_one(model: nn.Module, item: dict[str, Any], patient_id: str, cfg: ExplainConfig = ExplainConfig(),
+                threshold: float = 0.5) -> Explanation:
+    """Grad-CAM of the predicted class (score >= ``threshold``: pCR) and Integrated Gradients of the pCR logit
+    for one dataset item (``PCRDataset`` dict)."""
     from captum.attr import IntegratedGradients
     from monai.visualize import GradCAM
 
@@ -116,10 +121,11 @@ def explain_one(model: nn.Module, item: dict[str, Any], patient_id: str, cfg: Ex
     has_image = getattr(model, "image_encoder", None) is not None
     has_clin = getattr(model, "clinical_encoder", None) is not None
     cam_map, ig_img, ig_clin, layer = None, None, None, ""
+    predicted = int(score >= threshold)
     if has_image:
         layer = gradcam_layer(model, batch["image"], cfg.gradcam_min_size)
         cam = GradCAM(nn_module=wrapper, target_layers=layer, postprocessing=lambda x: x)
-        cam_map = cam(x=batch["image"], class_idx=0).detach().cpu().numpy()[0, 0]
+        cam_map = cam(x=batch["image"], class_idx=predicted, two_class=True).detach().cpu().numpy()[0, 0]
     inputs = tuple(batch[k] for k, use in (("image", has_image), ("clinical", has_clin)) if use)
     names = [k for k, use in (("image", has_image), ("clinical", has_clin)) if use]
     forward = (lambda *xs: wrapper(**dict(zip(names, xs))))
@@ -133,7 +139,8 @@ def explain_one(model: nn.Module, item: dict[str, Any], patient_id: str, cfg: Ex
         ig_img = attr["image"]
     if has_clin:
         ig_clin = pd.Series(attr["clinical"], index=list(model.cfg.clinical_features))  # type: ignore[union-attr]
-    return Explanation(patient_id, score, cam_map, ig_img, ig_clin, layer, float(delta.item()))
+    return Explanation(patient_id, score, cam_map, ig_img, ig_clin, layer, ("no pCR", "pCR")[predicted],
+                       float(delta.item()))
 
 
 def localisation(exp: Explanation, box: Box, tolerance: int = 0) -> dict[str, float]:
@@ -181,7 +188,7 @@ def write_panel(path: Path, exp: Explanation, image: np.ndarray, channels: tuple
     return plot_explanation(path, pre=image[pre, zc], sub=image[sub, zc], gradcam=cam, ig=ig[pre, zc],
                             ig_sub=ig[sub, zc], clinical=exp.ig_clinical,
                             title=f"{exp.patient_id}: score {exp.score:.3f}, outcome {what}; slice z={zc}; "
-                                  f"Grad-CAM at {exp.gradcam_layer.split('.')[-1]}",
+                                  f"Grad-CAM of '{exp.gradcam_class}' at {exp.gradcam_layer.split('.')[-1]}",
                             box=None if box is None else box[2:])
 
 

@@ -76,7 +76,8 @@ def _safe(pid: str) -> str:
 
 
 def write_explanations(out: str | Path, model: Any, cache: Any, patients: list[str], labels: dict[str, float], *,
-                       clinical_features: tuple[str, ...], boxes: dict[str, tuple] | None = None) -> tuple[pd.DataFrame, str]:
+                       clinical_features: tuple[str, ...], boxes: dict[str, tuple] | None = None,
+                       threshold: float = 0.5) -> tuple[pd.DataFrame, str]:
     """explanations/<patient>.png and explanations.csv for ``patients`` of ``cache``; with ``boxes`` (cache
     coordinates) each row carries the localisation figures. Returns the table and its report section."""
     from common.analysis.explain import ExplainConfig, explain_one, localisation, write_panel
@@ -89,12 +90,13 @@ def write_explanations(out: str | Path, model: Any, cache: Any, patients: list[s
     rows = []
     for k, pid in enumerate(patients):
         item = ds[k]
-        exp = explain_one(model, item, pid, cfg)
+        exp = explain_one(model, item, pid, cfg, threshold)
         box = (boxes or {}).get(pid)
         png = write_panel(edir / f"{_safe(pid)}.png", exp, np.asarray(item["image"]), tuple(ds.channels),
                           label=labels.get(pid), box=box)
         row: dict[str, Any] = {"patient_id": pid, "score": exp.score, "label": labels.get(pid), "png": png.name,
-                               "gradcam_layer": exp.gradcam_layer, "ig_delta": exp.ig_delta}
+                               "gradcam_layer": exp.gradcam_layer, "gradcam_class": exp.gradcam_class,
+                               "ig_delta": exp.ig_delta}
         if exp.ig_clinical is not None:
             top = exp.ig_clinical.abs().sort_values(ascending=False).index[:3]
             row["top_clinical"] = "; ".join(f"{v} {exp.ig_clinical[v]:+.3f}" for v in top)
@@ -113,15 +115,17 @@ def explanations_markdown(frame: pd.DataFrame, cfg: Any = None) -> str:
     cfg = cfg or ExplainConfig()
     layer = str(frame["gradcam_layer"].iloc[0]).split(".")[-1] if len(frame) else "—"
     lines = ["## Explanations", "",
-             f"Grad-CAM (MONAI `GradCAM` of the pCR logit at encoder stage `{layer}`, the deepest with a map of >= "
+             f"Grad-CAM (MONAI `GradCAM` of the predicted class at the operating threshold, at encoder stage `{layer}`, "
+             "the deepest with a map of >= "
              f"{cfg.gradcam_min_size} voxels per axis) and Integrated Gradients (Captum, {cfg.ig_steps} steps, baseline "
              f"= the image Gaussian-blurred by {cfg.ig_baseline_sigma:g} voxels; clinical baseline = encoded value 0) on "
              "the image; Integrated Gradients per clinical variable beside it. One figure per patient in "
              f"`explanations/`; median |convergence delta| {frame['ig_delta'].abs().median():.4f} (logit units).", "",
-             "| Patient | Score | Outcome | Figure | Strongest clinical attributions |", "|---|---|---|---|---|"]
+             "| Patient | Score | Outcome | Grad-CAM of | Figure | Strongest clinical attributions |",
+             "|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         outcome = "—" if pd.isna(r.label) else ("pCR" if r.label == 1 else "no pCR")
-        lines.append(f"| {r.patient_id} | {r.score:.3f} | {outcome} | [png](explanations/{r.png}) | "
+        lines.append(f"| {r.patient_id} | {r.score:.3f} | {outcome} | {r.gradcam_class} | [png](explanations/{r.png}) | "
                      f"{getattr(r, 'top_clinical', '') or ''} |")
     lines.append("")
     if "box_volume_share" in frame.columns:
@@ -131,7 +135,7 @@ def explanations_markdown(frame: pd.DataFrame, cfg: Any = None) -> str:
                   "average, the chance level of both figures):", "",
                   "| Method | Share of attribution inside the box (mean, median) | Pointing-game hit rate |",
                   "|---|---|---|"]
-        for m, name in (("gradcam", "Grad-CAM"), ("ig", "Integrated Gradients (|IG|, all channels)")):
+        for m, name in (("gradcam", "Grad-CAM"), ("ig", "Integrated Gradients (absolute, summed over channels)")):
             if f"{m}_energy_in_box" in frame.columns:
                 lines.append(f"| {name} | {s[m + '_energy_mean']:.3f}, {s[m + '_energy_median']:.3f} | "
                              f"{s[m + '_pointing']:.3f} (of {s[m + '_n']} non-empty maps) |")
@@ -151,7 +155,8 @@ def explain_into_report(out: str | Path, bundle: Any, cache: Any, ids: list[str]
     boxes = boxes_from_truth(truth, patients, cache.prep_config) if truth else None
     model = bundle.model.to(select_device(train_config or bundle.train_config))
     frame, md = write_explanations(out, model, cache, patients, dict(zip(ids, np.asarray(labels, float))),
-                                   clinical_features=tuple(bundle.model_config.clinical_features), boxes=boxes)
+                                   clinical_features=tuple(bundle.model_config.clinical_features), boxes=boxes,
+                                   threshold=float(bundle.threshold))
     report = Path(out) / "report.md"
     report.write_text((report.read_text() if report.is_file() else "") + "\n" + md)
     return frame
