@@ -188,7 +188,9 @@ def heldout_markdown(frame: pd.DataFrame) -> list[str]:
     """Report section: per held-out institution, levels x methods AUROC (CIs in the CSV)."""
     if frame.empty:
         return []
-    lines = ["## Subgroups at the held-out institutions (AUROC, mean over seeds; CIs in `subgroups_heldout.csv`)", ""]
+    r = SubgroupRules()
+    lines = ["## Subgroups at the held-out institutions (AUROC, mean over seeds; CIs in `subgroups_heldout.csv`)", "",
+             f"— = fewer than {r.min_n} patients or fewer than {r.min_per_class} of either outcome (counts only).", ""]
     for (exp, site), part in frame.groupby(["experiment", "test_site"], sort=False):
         methods = list(dict.fromkeys(part["method"]))
         lines += [f"### {exp} — {site}", "", "| Subgroup | Level | n | pCR | " + " | ".join(methods) + " |",
