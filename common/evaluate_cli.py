@@ -28,6 +28,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reference", action="append", default=[], choices=["clinical_logistic", "kinetic_logistic"],
                    help="also report a baseline refitted on the run's TRAINING patients (needs the run's local "
                         "split.json and its caches), compared by DeLong; repeatable")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="explanations (Grad-CAM + Integrated Gradients) of the N highest- and N lowest-scored patients")
+    p.add_argument("--explain-patients", nargs="+", default=[], metavar="ID", help="explain these patients too")
+    p.add_argument("--truth", default=None, help="cohort truth.csv with tumour boxes (embedded cohort): adds the "
+                                                 "attribution-inside-tumour figures to the explanations")
     return p.parse_args(argv)
 
 
@@ -112,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
                      manifest=cache.manifest.loc[ids], clinical=cache.clinical.reindex(ids),
                      context=context, n_boot=args.n_boot, reference_scores=refs or None,
                      reference_thresholds=ref_thresholds or None)
+    if args.explain or args.explain_patients:
+        from common.analysis.site_report import explain_into_report  # explanations + report section
+
+        explain_into_report(out, bundle, cache, ids, labels, scores, n=args.explain, named=args.explain_patients,
+                            truth=args.truth, train_config=tc)
     print(f"{cache.site}: {len(ids)} patients ({note}); report written to {out}")
     return 0
 

@@ -12,15 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.analysis.site_report import run_analyses
+from common.analysis.subgroups import subgroup_table
 from common.metrics import REPORT_METRICS, BootstrapConfig, binary_report, calibration, delong_ci, delong_test
 
 _BOOT = BootstrapConfig()
-
-#: Subgroup columns looked up in the canonical clinical table / the cache manifest when given.
-SUBGROUP_CLINICAL: tuple[str, ...] = ("subtype", "hr", "her2")
-SUBGROUP_MANIFEST: tuple[str, ...] = ("manufacturer", "field_strength")
-#: Smallest subgroup that gets an AUROC (both classes needed too).
-MIN_SUBGROUP = 10
 
 _TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("auroc", "AUROC"), ("auprc", "AUPRC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -67,37 +63,6 @@ def _pick(primary: Any, alias: Any, names: str) -> Any:
     return primary if primary is not None else alias
 
 
-def subgroup_table(y: np.ndarray, scores: np.ndarray, groups: pd.DataFrame) -> pd.DataFrame:
-    """AUROC with DeLong 95% CI per level of each column of ``groups`` (rows aligned with ``y``)."""
-    rows = []
-    for col in groups.columns:
-        values = groups[col]
-        for level in sorted(values.dropna().unique(), key=str):
-            mask = (values == level).to_numpy()
-            ys, ss = y[mask], scores[mask]
-            row: dict[str, Any] = {"variable": col, "level": str(level), "n": int(mask.sum()),
-                                   "n_pos": int(ys.sum()), "auroc": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-            if mask.sum() >= MIN_SUBGROUP and 0 < ys.sum() < ys.size:
-                d = delong_ci(ys, ss)
-                row.update(auroc=d["auc"], ci_low=d["ci_low"], ci_high=d["ci_high"])
-            rows.append(row)
-    return pd.DataFrame(rows, columns=["variable", "level", "n", "n_pos", "auroc", "ci_low", "ci_high"])
-
-
-def _subgroup_frame(ids: list[str], manifest: pd.DataFrame | None, clinical: pd.DataFrame | None) -> pd.DataFrame:
-    """Subgroup columns aligned with ``ids`` from the clinical table and manifest (indexed by patient_id)."""
-    out = pd.DataFrame(index=pd.Index(ids, name="patient_id"))
-    for table, cols in ((clinical, SUBGROUP_CLINICAL), (manifest, SUBGROUP_MANIFEST)):
-        if table is None:
-            continue
-        t = table.set_index("patient_id") if "patient_id" in table.columns else table
-        t = t[~t.index.duplicated()]
-        for c in cols:
-            if c in t.columns:
-                out[c] = t[c].reindex(ids).to_numpy()
-    return out
-
-
 def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, y: np.ndarray | None = None,
                      scores: np.ndarray | None = None, threshold: float | None = None, *,
                      model_name: str | None = None, data_name: str | None = None,
@@ -140,9 +105,12 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
                                                                       "observed_rate", "count")}).to_dict("records")
     result["references"], result["delong"] = _reference_results(y, scores, references,
                                                                  dict(reference_thresholds or {}), n_boot, seed)
-    subgroups = _subgroup_frame(ids_list, manifest, clinical)
-    sub = subgroup_table(y, scores, subgroups) if subgroups.shape[1] else pd.DataFrame()
-    result["subgroups"] = sub.to_dict("records")
+    analyses = run_analyses(out, ids_list, y, scores, manifest=manifest, clinical=clinical, n_boot=n_boot, seed=seed,
+                            plots=plots)  # acquisition_audit.csv, subgroups.csv (+ PNGs): common/analysis
+    unavailable = analyses.subgroups["status"].str.startswith("unavailable")
+    result["subgroups"] = analyses.subgroups[~unavailable].to_dict("records")
+    result["subgroups_unavailable"] = analyses.subgroups.loc[unavailable, "subgroup"].tolist()
+    result["acquisition_audit"] = analyses.audit.to_dict("records")
     result["context"] = context
 
     pred = pd.DataFrame({"patient_id": ids_list, "label": y.astype(int), "score": scores,
@@ -156,7 +124,7 @@ def write_evaluation(out_dir: str | Path, patient_ids: list[str] | None = None, 
                                  n_boot, seed) if plots and both else {}
     result = _jsonable(result)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    (out / "report.md").write_text(_report_md(result, sub))
+    (out / "report.md").write_text(_report_md(result) + "\n" + analyses.markdown)
     return result
 
 
@@ -210,8 +178,8 @@ def _figures(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], model_
     }
 
 
-def _report_md(r: dict[str, Any], sub: pd.DataFrame) -> str:
-    """Markdown report: MRP-style Table 1 (rows = models), DeLong, calibration, subgroups, figures."""
+def _report_md(r: dict[str, Any]) -> str:
+    """Markdown report: MRP-style Table 1 (rows = models), DeLong, calibration, figures (analyses follow)."""
     def none_nan(d: dict | None) -> dict | None:
         return None if d is None else {k: (math.nan if v is None else v) for k, v in d.items()}
 
@@ -253,16 +221,9 @@ def _report_md(r: dict[str, Any], sub: pd.DataFrame) -> str:
     lines += ["## Calibration", "",
               f"Calibration slope {fmt(c['slope'])}, intercept {fmt(c['intercept'])} (logistic fit on logit(score)); "
               f"calibration-in-the-large {fmt(c['citl'])}; Brier {fmt(c['brier'])}. Ideal: slope 1, intercept 0.", ""]
-    if len(sub):
-        lines += ["## Subgroups (AUROC, DeLong 95% CI)", "", "| Variable | Level | n | pCR | AUROC (95% CI) |",
-                  "|---|---|---|---|---|"]
-        for row in sub.itertuples():
-            au = "—" if not np.isfinite(row.auroc) else f"{row.auroc:.3f} ({row.ci_low:.3f}–{row.ci_high:.3f})"
-            lines.append(f"| {row.variable} | {row.level} | {row.n} | {row.n_pos} | {au} |")
-        lines += ["", f"Subgroups smaller than {MIN_SUBGROUP} or without both outcomes get no AUROC.", ""]
     if r.get("figures"):
         lines += ["## Figures", ""] + [f"![{k}]({v})" for k, v in r["figures"].items()] + [""]
     return "\n".join(lines)
 
 
-__all__ = ["MIN_SUBGROUP", "REPORT_METRICS", "subgroup_table", "write_evaluation"]
+__all__ = ["REPORT_METRICS", "subgroup_table", "write_evaluation"]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.analysis.subgroups import heldout_section
 from simulation.arm_result import (  # evaluate_predictions, metric_rows: re-exported for clinical_experiment
     POOLED,
     ArmResult,
@@ -84,6 +85,7 @@ def write_report(arms: list[ArmResult], out_dir: Path, *, title: str, config: di
         lines += ["## Plots", ""]
         for p in plots:
             lines += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})", ""]
+    lines.append(heldout_section(arms, config.get("caches"), out_dir, heldout_site))  # subgroups per held-out site
     lines += ["## Configuration", "", "```json", json.dumps(config, indent=1, default=json_default), "```", "",
               "## Library versions", "", md_table(["library", "version"], [[k, v] for k, v in versions.items()]), ""]
     lines += [f"_Compute time summed over arms: {sum(a.seconds for a in arms):.1f} s._", ""]
