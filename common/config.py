@@ -101,6 +101,11 @@ class TrainConfig:
     def hash(self) -> str:
         return stable_hash(self)
 
+    def threshold_weight(self) -> float:
+        """The w of max(w*sens + (1-w)*spec) that ``threshold_rule`` means: 0.5 for "youden", ``youden_weight``
+        for "weighted_youden". The one rule for centralised fits and federated (summed-count) thresholds."""
+        return 0.5 if self.threshold_rule == "youden" else float(self.youden_weight)
+
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "config") -> T:
     """Build dataclass ``cls`` from ``data`` (missing keys keep defaults; lists become tuples).

@@ -287,9 +287,7 @@ def predict(model: nn.Module, dataset: Dataset, cfg: TrainConfig,
 def operating_threshold(labels: np.ndarray, scores: np.ndarray, cfg: TrainConfig) -> float:
     """Threshold chosen on VALIDATION data by (weighted) Youden (``common.metrics.choose_threshold``);
     0.5 when the validation labels hold one class only (no operating point can be chosen)."""
-    if cfg.threshold_rule not in ("youden", "weighted_youden"):
-        raise ValueError(f"unknown threshold_rule {cfg.threshold_rule!r}")
-    w = 0.5 if cfg.threshold_rule == "youden" else float(cfg.youden_weight)
+    w = cfg.threshold_weight()
     y = np.asarray(labels, dtype=float)
     if len(np.unique(y)) < 2:
         return 0.5

@@ -76,19 +76,23 @@ def _initial_arrays(cfg: FederationConfig) -> ArrayRecord:
     return ArrayRecord(build_model(cfg.model()).state_dict())
 
 
-def round_config(cfg: FederationConfig) -> ConfigRecord:
-    """The per-round site config (common.protocol.RoundConfig); strategies add the server round."""
+def round_config(cfg: FederationConfig, phase: str = "train") -> ConfigRecord:
+    """The per-round site config (common.protocol.RoundConfig); strategies add the server round.
+
+    FedBN keeps norm layers local in TRAINING only: evaluate rounds score the model the bundle deploys
+    (averaged norm layers), so the best round and the operating threshold belong to that model.
+    """
     rc = RoundConfig(prep_hash=cfg.prep().hash(), model_hash=cfg.model().hash(),
                      local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
-                     local_norm=bool(uses_local_norm(cfg)), eval_split=cfg.eval_split)
+                     local_norm=bool(uses_local_norm(cfg)) and phase == "train", eval_split=cfg.eval_split)
     return ConfigRecord(rc.to_dict())
 
 
 def _evaluate(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig,
               timeout: float) -> tuple[RoundEvaluation, list[dict[str, Any]]]:
     replies = list(grid.send_and_receive(
-        messages=strategy.configure_evaluate(rnd, arrays, round_config(cfg), grid), timeout=timeout))
+        messages=strategy.configure_evaluate(rnd, arrays, round_config(cfg, "evaluate"), grid), timeout=timeout))
     refused = log_refusals(replies, "evaluate", rnd)
     agg = strategy.aggregate_evaluate(rnd, replies)  # summed counts + pooled AUROC (sum_counts_aggr)
     ev = evaluate_replies(replies)
@@ -188,7 +192,7 @@ def write_bundle(out: Path, cfg: FederationConfig, arrays: ArrayRecord, meta: Ma
     counts = meta.get("best_counts")
     if counts is not None:
         counts_np = np.asarray(counts, dtype=np.int64)
-        threshold = threshold_from_counts(counts_np, train_cfg.youden_weight)
+        threshold = threshold_from_counts(counts_np, train_cfg.threshold_weight())
         val_metrics = val_metrics_from_counts(counts_np, threshold)
     else:
         threshold, val_metrics = 0.5, {}

@@ -94,3 +94,23 @@ def test_encode_clinical_fixed_scaling_and_missing_indicators() -> None:
     assert values[0, j["grade"]] == pytest.approx(1.0) and values[1, j["grade"]] == pytest.approx(-1.0)
     assert present[:, j["pr"]].sum() == 0  # column absent -> missing everywhere
     assert stable_hash({"a": 1}) == stable_hash({"a": 1})
+
+
+@pytest.mark.parametrize("rule,weight,expected", [("youden", 0.8, 0.5), ("weighted_youden", 0.8, 0.8)])
+def test_one_threshold_rule_for_fit_and_federated_counts(rule: str, weight: float, expected: float) -> None:
+    """``threshold_rule`` means the same w in centralised fits and in the server's summed-count threshold."""
+    import numpy as np
+
+    from common.metrics_counts import THRESHOLD_GRID, threshold_counts
+    from common.train import operating_threshold
+    from server.aggregation import threshold_from_counts
+
+    cfg = TrainConfig(threshold_rule=rule, youden_weight=weight)
+    assert cfg.threshold_weight() == expected
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400).astype(float)
+    s = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1, 400))))
+    fed = threshold_from_counts(np.asarray(threshold_counts(y, s, THRESHOLD_GRID)), cfg.threshold_weight())
+    central = operating_threshold(y, s, cfg)
+    step = float(np.max(np.diff(THRESHOLD_GRID)))
+    assert abs(fed - central) <= 2 * step + 1e-9, (fed, central)

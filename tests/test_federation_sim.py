@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from cache_factory import make_cache
 from common.bundle import load_bundle
 from common.config import PrepConfig, TrainConfig
+from common.metrics_counts import THRESHOLD_GRID, threshold_counts
 from common.models.config import preset
 from common.train import predict
 from client.task import load_site
@@ -96,6 +97,14 @@ def test_strategies_run(caches: dict[str, Path], tmp_path: Path, strategy: str) 
     assert [r["round"] for r in res.history] == [0, 1]
     assert np.isfinite(res.history[1]["pooled_val_auroc"])
     assert (res.bundle_dir / "model.pt").exists()
+    # The round chosen and its threshold belong to the model the bundle deploys (FedBN: averaged norm layers,
+    # not each site's local ones): the bundle's own threshold counts on every site's validation patients equal,
+    # count for count, the summed counts the server selected the round and the threshold on.
+    bundle = load_bundle(res.bundle_dir)
+    mine = sum(np.asarray(threshold_counts(*predict(bundle.model, load_site(str(p), TRAIN.seed, TRAIN.val_fraction,
+                                                                            TRAIN.test_fraction).dataset("val", MODEL),
+                                                    TRAIN), THRESHOLD_GRID)) for p in caches.values())
+    assert np.array_equal(mine, np.asarray(load_checkpoint(tmp_path / strategy).meta["best_counts"]))
 
 
 def test_site_with_other_preprocessing_is_refused(caches: dict[str, Path], tmp_path: Path) -> None:
