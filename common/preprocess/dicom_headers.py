@@ -177,16 +177,47 @@ def read_header(path: str) -> tuple[SliceHeader | None, str]:
     return head, ""
 
 
+def walk_files(root: Path | str) -> tuple[list[str], list[dict[str, str]]]:
+    """Every regular file under ``root`` (sorted, deterministic; DICOMDIR and hidden files excluded) and
+    every folder that could not be listed or link that leads nowhere, with the reason (never silently
+    skipped, unlike ``os.walk``). Symbolic links to folders are followed once (loops reported)."""
+    files: list[str] = []
+    unreadable: list[dict[str, str]] = []
+    seen: set[str] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            unreadable.append({"folder": folder, "reason": f"symbolic link loop (already visited as {real})"})
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            unreadable.append({"folder": folder, "reason": f"cannot list folder ({type(exc).__name__}: "
+                                                           f"{exc.strerror or exc})"})
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir():  # follows links to folders
+                    subdirs.append(e.path)
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    unreadable.append({"folder": e.path, "reason": f"broken symbolic link (to {os.readlink(e.path)})"})
+                elif not (e.name.upper() == "DICOMDIR" or e.name.startswith(".")):
+                    files.append(e.path)
+            except OSError as exc:
+                unreadable.append({"folder": e.path, "reason": f"cannot stat ({type(exc).__name__}: {exc})"})
+        stack.extend(reversed(subdirs))
+    return files, unreadable
+
+
 def list_files(root: Path) -> list[str]:
-    """Every regular file under ``root`` (sorted, so discovery is deterministic); DICOMDIR excluded."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.upper() == "DICOMDIR" or name.startswith("."):
-                continue
-            out.append(os.path.join(dirpath, name))
-    return out
+    """Every regular file under ``root`` (sorted, so discovery is deterministic); DICOMDIR excluded.
+    :func:`walk_files` also returns the folders that could not be read."""
+    return walk_files(root)[0]
 
 
 def scan_files(paths: Iterable[str]) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
@@ -219,4 +250,4 @@ def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]
 
 
 __all__ = ["DicomError", "HEADER_TAGS", "SliceHeader", "group_patients", "list_files", "parse_tm", "read_header",
-           "scan_files"]
+           "scan_files", "walk_files"]
