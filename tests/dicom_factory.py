@@ -213,3 +213,73 @@ def write_clinical(path: Path, labels: dict[str, object]) -> Path:
     mp = path.with_suffix(".yaml")
     mp.write_text(MAPPING_YAML)
     return mp
+
+
+# ----------------------------------------------------------------------------- PACS transfer syntaxes
+
+def _encode_jpeg_lossless(arr: np.ndarray) -> bytes:
+    """One 2-D frame as a JPEG Lossless Process 14 SV1 codestream (GDCM's encoder through SimpleITK)."""
+    import tempfile
+
+    import pydicom
+    import SimpleITK as sitk
+    from pydicom.encaps import generate_frames
+
+    with tempfile.TemporaryDirectory() as tmp:
+        w = sitk.ImageFileWriter()
+        w.SetFileName(f"{tmp}/f.dcm")
+        w.SetUseCompression(True)
+        w.SetCompressor("JPEG")
+        w.Execute(sitk.GetImageFromArray(arr[None].astype(np.uint16)))
+        ds = pydicom.dcmread(f"{tmp}/f.dcm")
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70", ds.file_meta.TransferSyntaxUID
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _encode_jpeg_baseline(arr: np.ndarray) -> bytes:
+    """One 8-bit frame as a JPEG Baseline codestream (Pillow's libjpeg encoder, quality 95)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def transcode(path: Path, syntax: str) -> None:
+    """Rewrite one of our uncompressed MR files in place in ``syntax``: a pydicom UID name (RLELossless,
+    JPEGLSLossless, JPEG2000Lossless, JPEG2000, JPEGLSNearLossless: pydicom's encoders with the installed
+    plugins), JPEGLosslessSV1 (GDCM), JPEGBaseline8Bit (Pillow; the data is scaled to 8 bits first),
+    DeflatedExplicitVRLittleEndian or ExplicitVRBigEndian."""
+    import pydicom
+    from pydicom import uid as U
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if syntax in ("RLELossless", "JPEGLSLossless", "JPEG2000Lossless"):
+        ds.compress(getattr(U, syntax))
+    elif syntax in ("JPEG2000", "JPEGLSNearLossless"):
+        kw = {"j2k_psnr": [60]} if syntax == "JPEG2000" else {"jls_error": 2}
+        ds.compress(getattr(U, syntax), **kw)
+    elif syntax == "JPEGLosslessSV1":
+        ds.PixelData = encapsulate([_encode_jpeg_lossless(arr)])
+        ds["PixelData"].VR = "OB"
+        ds.BitsStored, ds.HighBit = 16, 15
+        ds.file_meta.TransferSyntaxUID = U.JPEGLosslessSV1
+    elif syntax == "JPEGBaseline8Bit":
+        ds.PixelData = encapsulate([_encode_jpeg_baseline(arr // 16)])
+        ds["PixelData"].VR = "OB"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.file_meta.TransferSyntaxUID = U.JPEGBaseline8Bit
+    elif syntax == "DeflatedExplicitVRLittleEndian":
+        ds.file_meta.TransferSyntaxUID = U.DeflatedExplicitVRLittleEndian
+    elif syntax == "ExplicitVRBigEndian":
+        ds.PixelData = arr.astype(">u2").tobytes()
+        ds.file_meta.TransferSyntaxUID = U.ExplicitVRBigEndian
+        pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+        return
+    else:
+        raise ValueError(f"unknown syntax {syntax}")
+    ds.save_as(path, enforce_file_format=True)

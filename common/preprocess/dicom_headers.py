@@ -31,7 +31,8 @@ HEADER_TAGS = [
     "ClinicalTrialSiteID", "NumberOfTemporalPositions", "AcquisitionNumber",
 ]
 _TAGS = {kw: tag_for_keyword(kw) for kw in HEADER_TAGS}
-_MR_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}  # MR, Enhanced MR
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_MR_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", ENHANCED_MR}  # MR, Enhanced MR
 
 
 class DicomError(Exception):
@@ -69,6 +70,8 @@ class SliceHeader:
     slice_thickness: float | None
     contrast: bool
     trial_site: str
+    #: Frame index inside a multi-frame (Enhanced MR) file; None for a classic one-slice file.
+    frame: int | None = None
 
 
 def _float(value: object) -> float | None:
@@ -146,6 +149,8 @@ def read_header(path: str) -> tuple[SliceHeader | None, str]:
             return None, f"Modality {modality or 'missing'} (not MR)"
         if sop_class and sop_class not in _MR_IMAGE_CLASSES:
             return None, f"SOPClassUID {sop_class} is not an MR image"
+        if sop_class == ENHANCED_MR:
+            return None, "Enhanced MR (multi-frame): read with read_headers"
         for tag in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "ImageOrientationPatient",
                     "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
             if v.get(tag) in (None, ""):
@@ -220,6 +225,19 @@ def list_files(root: Path) -> list[str]:
     return walk_files(root)[0]
 
 
+def read_headers(path: str) -> tuple[list[SliceHeader], str]:
+    """The headers of one file: one for a classic MR image, one per frame for an Enhanced MR
+    (multi-frame) image; ([], reason) when the file is not a usable MR image."""
+    h, why = read_header(path)
+    if h is not None:
+        return [h], ""
+    if why.startswith("Enhanced MR"):
+        from common.preprocess.dicom_enhanced import enhanced_headers
+
+        return enhanced_headers(path)
+    return [], why
+
+
 def scan_files(paths: Iterable[str]) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
     """Headers of the usable MR image files among ``paths``; the others with their reason; bytes seen."""
     heads, ignored, n_bytes = [], [], 0
@@ -228,20 +246,20 @@ def scan_files(paths: Iterable[str]) -> tuple[list[SliceHeader], list[dict[str, 
             n_bytes += os.path.getsize(p)
         except OSError:
             pass
-        h, why = read_header(p)
-        if h is None:
+        hs, why = read_headers(p)
+        if not hs:
             ignored.append({"file": p, "reason": why})
         else:
-            heads.append(h)
+            heads.extend(hs)
     return heads, ignored, n_bytes
 
 
 def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]:
     """PatientID -> its headers, duplicated SOPInstanceUIDs (the same file copied twice) dropped."""
     out: dict[str, list[SliceHeader]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, int | None]] = set()
     for h in sorted(heads, key=lambda h: h.path):
-        key = (h.series_uid, h.sop_uid)
+        key = (h.series_uid, h.sop_uid, h.frame)
         if key in seen:
             continue
         seen.add(key)
@@ -249,5 +267,5 @@ def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]
     return dict(out)
 
 
-__all__ = ["DicomError", "HEADER_TAGS", "SliceHeader", "group_patients", "list_files", "parse_tm", "read_header",
+__all__ = ["DicomError", "ENHANCED_MR", "HEADER_TAGS", "read_headers", "SliceHeader", "group_patients", "list_files", "parse_tm", "read_header",
            "scan_files", "walk_files"]
