@@ -283,3 +283,69 @@ def transcode(path: Path, syntax: str) -> None:
     else:
         raise ValueError(f"unknown syntax {syntax}")
     ds.save_as(path, enforce_file_format=True)
+
+
+# ----------------------------------------------------------------------------- Enhanced MR (multi-frame)
+
+def write_enhanced(folder: Path, pid: str, grid: Grid = Grid(), times: tuple = (0, 90, 180), *, mode: str = "tpi",
+                   seed: int = 0, study_date: str = "20200101", desc: str = "DCE enhanced") -> dict:
+    """One patient's DCE as Enhanced MR Image Storage: geometry in the Plane Position (per frame) and
+    Plane Orientation / Pixel Measures (shared) functional groups; timing in Frame Content.
+
+    ``mode``: ``tpi`` one file, all phases, TemporalPositionIndex + FrameAcquisitionDateTime;
+    ``datetime`` one file, FrameAcquisitionDateTime only (frames shuffled); ``files`` one file per phase
+    (same series), FrameAcquisitionDateTime only. Returns box, volumes, files, series uid.
+    """
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage
+
+    vols, box = phantom(grid, len(times), seed)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = uid(pid, "enh", "study"), uid(pid, "enh", "series")
+    origin, u, v, n = grid.frame()
+    frames = [(p, k) for p in range(len(times)) for k in range(grid.slices)]
+    groups = [frames] if mode != "files" else [[f for f in frames if f[0] == p] for p in range(len(times))]
+    files = []
+    for g, group in enumerate(groups):
+        if mode == "datetime":
+            group = [group[i] for i in rng.permutation(len(group))]
+        ds = _dataset(pid, study, series, desc, 700, grid, study_date)
+        ds.SOPClassUID = EnhancedMRImageStorage
+        for kw in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RepetitionTime", "EchoTime"):
+            del ds[kw]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.NumberOfFrames = len(group)
+        shared = Dataset()
+        po, pm, mt, me = Dataset(), Dataset(), Dataset(), Dataset()
+        po.ImageOrientationPatient = [f"{c:g}" for c in (*u, *v)]
+        pm.PixelSpacing = [f"{grid.pixel_mm:g}", f"{grid.pixel_mm:g}"]
+        pm.SliceThickness = f"{grid.slice_mm:g}"
+        mt.RepetitionTime, me.EffectiveEchoTime = 4.5, 1.8
+        shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = Sequence([po]), Sequence([pm])
+        shared.MRTimingAndRelatedParametersSequence, shared.MREchoSequence = Sequence([mt]), Sequence([me])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        per = []
+        for p, k in group:
+            fg, pp, fc, cb = Dataset(), Dataset(), Dataset(), Dataset()
+            pp.ImagePositionPatient = [f"{c:.4f}" for c in origin + k * grid.slice_mm * n]
+            fc.FrameAcquisitionDateTime = f"{study_date}{_tm(8 * 3600 + times[p])}.000000"
+            if mode == "tpi":
+                fc.TemporalPositionIndex = p + 1
+            cb.ContrastBolusAgentNumber = 1
+            cb.ContrastBolusAgentAdministered = "YES" if times[p] > 0 else "NO"
+            fg.PlanePositionSequence, fg.FrameContentSequence = Sequence([pp]), Sequence([fc])
+            fg.ContrastBolusUsageSequence = Sequence([cb])
+            per.append(fg)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+        ds.PixelData = np.stack([vols[p][k] for p, k in group]).astype("<u2").tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = uid(series, g)
+        ds.InstanceNumber = g + 1
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = folder / f"enh-{g}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return {"box": box, "vols": vols, "files": files, "series": series}

@@ -225,35 +225,6 @@ def list_files(root: Path) -> list[str]:
     return walk_files(root)[0]
 
 
-def read_headers(path: str) -> tuple[list[SliceHeader], str]:
-    """The headers of one file: one for a classic MR image, one per frame for an Enhanced MR
-    (multi-frame) image; ([], reason) when the file is not a usable MR image."""
-    h, why = read_header(path)
-    if h is not None:
-        return [h], ""
-    if why.startswith("Enhanced MR"):
-        from common.preprocess.dicom_enhanced import enhanced_headers
-
-        return enhanced_headers(path)
-    return [], why
-
-
-def scan_files(paths: Iterable[str]) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
-    """Headers of the usable MR image files among ``paths``; the others with their reason; bytes seen."""
-    heads, ignored, n_bytes = [], [], 0
-    for p in paths:
-        try:
-            n_bytes += os.path.getsize(p)
-        except OSError:
-            pass
-        hs, why = read_headers(p)
-        if not hs:
-            ignored.append({"file": p, "reason": why})
-        else:
-            heads.extend(hs)
-    return heads, ignored, n_bytes
-
-
 def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]:
     """PatientID -> its headers, duplicated SOPInstanceUIDs (the same file copied twice) dropped."""
     out: dict[str, list[SliceHeader]] = defaultdict(list)
@@ -267,5 +238,5 @@ def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]
     return dict(out)
 
 
-__all__ = ["DicomError", "ENHANCED_MR", "HEADER_TAGS", "read_headers", "SliceHeader", "group_patients", "list_files", "parse_tm", "read_header",
-           "scan_files", "walk_files"]
+__all__ = ["DicomError", "ENHANCED_MR", "HEADER_TAGS", "SliceHeader", "group_patients", "list_files", "parse_tm",
+           "read_header", "walk_files"]

@@ -20,7 +20,8 @@ from common.config import PHASE_NAMES, PrepConfig, to_dict
 from common.parallel import WORKER_DIED, map_with_progress
 from common.patient_id import id_key
 from common.preprocess.boxes import Box, read_boxes
-from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, scan_files, walk_files
+from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, walk_files
+from common.preprocess.dicom_scan import scan_files
 from common.preprocess.match import Plan, plan_jobs
 from common.preprocess.patient import process_patient
 from common.site_cache import KINETICS, KINETICS_COLUMNS, MANIFEST, MANIFEST_COLUMNS, PREP_CONFIG, VOLUMES, \
