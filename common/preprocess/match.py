@@ -14,7 +14,7 @@ import pandas as pd
 
 from common.config import PrepConfig
 from common.patient_id import id_key
-from common.preprocess.boxes import Box
+from common.preprocess.annotations import Annotation
 from common.preprocess.dicom_headers import SliceHeader
 
 #: ``ignored_files`` reasons that mean a broken DICOM file (not a stray non-DICOM file).
@@ -42,7 +42,7 @@ class _Context:
     clin_by_key: dict[str, pd.Series]
     dup_keys: set[str]
     issues_by_key: dict[str, list[dict[str, Any]]]
-    box_map: dict[str, Box]
+    box_map: dict[str, Annotation]
     skip_on_clinical_issue: bool
     keep_unlabelled: bool
 
@@ -103,10 +103,10 @@ def _clinical_reason(pid: str, key: str, ctx: _Context) -> str | None:
         return f"clinical issue in {src}: {text}"
     if pd.isna(_label(row)) and not ctx.keep_unlabelled:
         return f"no pCR label (pcr empty) in {src} for {pid}"
-    if ctx.box_map.get(key) is None and ctx.cfg.crop == "tumour":
+    if ctx.box_map.get(key) is None and ctx.cfg.crop == "tumour" and ctx.cfg.localisation == "annotation":
         bi = [i["reason"] for i in ctx.issues_by_key.get(key, []) if i.get("field") == "Annotation_Boxes"]
         why = f" ({bi[0]})" if bi else ""
-        return f"no tumour box for {pid} in {ctx.boxes_src}{why} (crop='tumour')"
+        return f"no tumour box for {pid} in {ctx.boxes_src}{why} (crop='tumour', localisation='annotation')"
     return None
 
 
@@ -115,7 +115,7 @@ def _label(row: pd.Series) -> Any:
 
 
 def plan_jobs(patients: dict[str, list[SliceHeader]], table: pd.DataFrame, issues: list[dict[str, Any]],
-              box_map: dict[str, Box], ignored: list[dict[str, str]], done: set[str], cfg: PrepConfig, *,
+              box_map: dict[str, Annotation], ignored: list[dict[str, str]], done: set[str], cfg: PrepConfig, *,
               clinical_src: str, boxes_src: str, site: str | None, default_site: str, out: str,
               skip_on_clinical_issue: bool, keep_unlabelled: bool) -> Plan:
     """Decide for every DICOM patient (sorted): a ``process_patient`` job, reuse (``done`` = valid in the

@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from common.config import PHASE_NAMES, PrepConfig, to_dict
+from common.config import AUTO_LOCALISATION, LOCALISATIONS, PHASE_NAMES, PrepConfig, to_dict
 from common.parallel import WORKER_DIED, map_with_progress
 from common.patient_id import id_key
-from common.preprocess.boxes import Box, read_boxes
+from common.preprocess.annotations import gather
 from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, walk_files
 from common.preprocess.dicom_scan import scan_files
 from common.preprocess.match import Plan, plan_jobs
@@ -75,6 +75,11 @@ def validate_config(cfg: PrepConfig) -> None:
     """Reject configs the pipeline cannot honour, naming the field."""
     if cfg.crop not in {"tumour", "breast"}:
         raise ValueError(f"PrepConfig.crop must be 'tumour' or 'breast', got {cfg.crop!r}")
+    if cfg.localisation not in LOCALISATIONS:
+        raise ValueError(f"PrepConfig.localisation must be one of {', '.join(LOCALISATIONS)}, got {cfg.localisation!r}")
+    if cfg.auto_localisation != AUTO_LOCALISATION:
+        raise ValueError(f"PrepConfig.auto_localisation {cfg.auto_localisation!r}: this version implements "
+                         f"{AUTO_LOCALISATION!r} only (caches of other versions are not comparable)")
     if cfg.standardise not in {"zscore_body", "none"}:
         raise ValueError(f"PrepConfig.standardise must be 'zscore_body' or 'none', got {cfg.standardise!r}")
     if cfg.interpolator not in {"linear", "bspline"}:
@@ -160,18 +165,19 @@ def _previous(out: Path, prep_hash: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path, cfg: PrepConfig = PrepConfig(),
                 *, clinical_format: str | None = None, mapping: str | Path | None = None,
-                boxes: str | Path | None = None, site: str | None = None, workers: int = 1,
-                progress: bool = True, options: PipelineOptions = PipelineOptions()) -> PrepareResult:
-    """Build (or update) the site cache ``out`` from a DICOM tree and a clinical table."""
+                boxes: str | Path | None = None, masks: str | Path | None = None, site: str | None = None,
+                workers: int = 1, progress: bool = True, options: PipelineOptions = PipelineOptions()
+                ) -> PrepareResult:
+    """Build (or update) the site cache ``out`` from a DICOM tree and a clinical table.
+
+    Tumour annotations: ``boxes`` (Duke xlsx or CSV), ``masks`` (folder of NIfTI masks named by patient)
+    and DICOM-SEG objects in the tree; without any, ``cfg.localisation`` decides (automatic by default).
+    """
     t_start = time.perf_counter()
-    dicom, out = _check_paths(dicom, out, cfg, boxes)
+    dicom, out = _check_paths(dicom, out, cfg, boxes, masks)
     prep_hash = cfg.hash()
     table, issues = _load_clinical(Path(clinical) if clinical else None, clinical_format,
                                    Path(mapping) if mapping else None, site)
-    box_map: dict[str, Box] = {}
-    if boxes is not None:
-        box_map, box_issues = read_boxes(boxes)
-        issues += box_issues
     out.mkdir(parents=True, exist_ok=True)
     prev_man, prev_kin = _previous(out, prep_hash)
 
@@ -179,10 +185,14 @@ def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path,
     files, unreadable = walk_files(dicom)
     heads, ignored, n_bytes = _scan(files, workers, progress)
     scan_s = time.perf_counter() - t_scan
-    plan = plan_jobs(group_patients(heads), table, issues, box_map, ignored + [
+    annotations, ann_issues, ignored = gather(boxes, masks, ignored)
+    issues += ann_issues
+    sources = ", ".join(str(x) for x in (boxes, masks) if x is not None) or "(no --boxes/--masks)"
+    plan = plan_jobs(group_patients(heads), table, issues, annotations, ignored + [
         {"file": u["folder"], "reason": f"unreadable folder: {u['reason']}", "folder": "1"} for u in unreadable],
-                     set(prev_man["patient_id"].astype(str)),
-                     cfg, clinical_src=f"{clinical}" if clinical else "(no --clinical table)", boxes_src=f"{boxes}",
+                     set(prev_man["patient_id"].astype(str)), cfg,
+                     clinical_src=f"{clinical}" if clinical else "(no --clinical table)",
+                     boxes_src=sources + " or a DICOM-SEG in the tree",
                      site=site, default_site=dicom.name, out=str(out),
                      skip_on_clinical_issue=options.skip_on_clinical_issue, keep_unlabelled=options.keep_unlabelled)
     results: list[dict[str, Any]] = map_with_progress(_job, plan.jobs, workers=workers, desc="prepare patients",
@@ -192,13 +202,15 @@ def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path,
     _remove_stale(out, set(manifest["volume"].astype(str)))
     res = PrepareResult(processed=ids, reused=sorted(set(plan.reused) & set(ids)), skipped=plan.skipped,
                         ignored_files=ignored, clinical_issues=issues, prep_hash=prep_hash, n_files=len(files),
-                        n_bytes=n_bytes, unreadable=unreadable, scan_seconds=scan_s, seconds=time.perf_counter() - t_start)
+                        n_bytes=n_bytes, unreadable=unreadable, scan_seconds=scan_s,
+                        seconds=time.perf_counter() - t_start)
     write_cache_tables(out, manifest, _clinical_rows(manifest, plan, table), kin,
                        {"config": to_dict(cfg), "hash": prep_hash}, _report(res, dicom, options))
     return res
 
 
-def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str | Path | None) -> tuple[Path, Path]:
+def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str | Path | None,
+                 masks: str | Path | None) -> tuple[Path, Path]:
     """Validate the config and the source / output paths (the source is read-only); resolved paths."""
     validate_config(cfg)
     dicom, out = Path(dicom).resolve(), Path(out).resolve()
@@ -206,8 +218,8 @@ def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str
         raise ValueError(f"--dicom {dicom}: not a directory")
     if out == dicom or dicom in out.parents:
         raise ValueError(f"--out {out} lies inside the DICOM tree {dicom}; the source is read-only")
-    if cfg.crop == "tumour" and boxes is None:
-        raise ValueError("crop='tumour' needs tumour boxes: pass --boxes Annotation_Boxes.xlsx (or use crop: breast)")
+    if masks is not None and not Path(masks).is_dir():
+        raise ValueError(f"--masks {masks}: not a folder of NIfTI masks")
     return dicom, out
 
 
