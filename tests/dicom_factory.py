@@ -120,14 +120,17 @@ def _tm(seconds: float) -> str:
 def write_series(folder: Path, pid: str, study_uid: str, series_uid: str, desc: str, number: int, grid: Grid,
                  blocks: list[tuple[np.ndarray, float, int]], study_date: str = "20200101",
                  names: str = "ordered", rng: np.random.Generator | None = None, modality: str = "MR",
-                 timing_tags: bool = True) -> list[Path]:
+                 timing_tags: bool = True, extra: dict | None = None) -> list[Path]:
     """Write one series, ``blocks`` = [(volume, seconds after 08:00, TemporalPositionIdentifier)].
 
     ``names``: ``ordered`` (1-001.dcm..), ``shuffled`` (random hex names, InstanceNumber shuffled too).
+    ``extra``: header keywords set on every file (ImageType, EchoTime, RepetitionTime ...).
     """
     rng = rng or np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     ds = _dataset(pid, study_uid, series_uid, desc, number, grid, study_date, modality)
+    for kw, value in (extra or {}).items():
+        setattr(ds, kw, value)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
