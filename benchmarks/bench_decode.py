@@ -55,7 +55,8 @@ def main() -> None:
                     read_pixels(f)
                 best = min(best, time.perf_counter() - t)
             mb = a.slices * a.size * a.size * 2 / 1e6
-            print(f"{syn:32s} {mb / best:8.1f} MB/s   ({size_mb:6.2f} MB on disk, {best * 1000 / a.slices:6.2f} ms/slice)")
+            print(f"{syn:32s} {mb / best:8.1f} MB/s   ({size_mb:6.2f} MB on disk, "
+                  f"{best * 1000 / a.slices:6.2f} ms/slice)")
 
 
 if __name__ == "__main__":

@@ -64,4 +64,5 @@ def test_enhanced_patient_is_prepared_and_a_broken_one_reported(tmp_path: Path) 
                       clinical_format="csv", mapping=mapping, boxes=tmp_path / "boxes.xlsx", progress=False)
     assert res.processed == ["E1"]
     [ig] = res.ignored_files
-    assert ig["file"] == str(bad["files"][0]) and "frame 4 of PatientID E2" in ig["reason"] and "Plane Position" in ig["reason"]
+    assert ig["file"] == str(bad["files"][0])
+    assert "frame 4 of PatientID E2" in ig["reason"] and "Plane Position" in ig["reason"]

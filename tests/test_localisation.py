@@ -52,7 +52,8 @@ def _seg(folder: Path, files: list[Path], box: tuple[int, ...]) -> Path:
     z0, z1, y0, y1, x0, x1 = box
     mask[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = True
     desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="tumour", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segment_number=1, segment_label="tumour",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
     seg = hd.seg.Segmentation(
         source_images=src, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -92,8 +93,8 @@ def _box(row: pd.Series) -> tuple[int, ...]:
 
 
 def test_every_source_gives_the_right_box_and_is_recorded(site: dict, tmp_path: Path) -> None:
-    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "c", CFG, boxes=site["base"] / "boxes.csv",
-                      masks=site["masks"], progress=False)
+    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "c", CFG,
+                      boxes=site["base"] / "boxes.csv", masks=site["masks"], progress=False)
     assert sorted(res.processed) == sorted(PIDS) and res.skipped == []
     assert not any("seg.dcm" in d["file"] for d in res.ignored_files)  # the SEG was used, not ignored
     man = read_manifest(tmp_path / "c").set_index("patient_id")
@@ -117,12 +118,12 @@ def test_auto_ignores_annotations_and_annotation_requires_one(site: dict, tmp_pa
     auto = PrepConfig(shape=(12, 12, 12), spacing_mm=3.0, localisation="auto")
     ann = PrepConfig(shape=(12, 12, 12), spacing_mm=3.0, localisation="annotation")
     assert len({CFG.hash(), auto.hash(), ann.hash()}) == 3  # the prep hash covers the method
-    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "a", auto, boxes=site["base"] / "boxes.csv",
-                      progress=False)
+    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "a", auto,
+                      boxes=site["base"] / "boxes.csv", progress=False)
     man = read_manifest(tmp_path / "a")
     assert set(man["box_source"]) == {"auto:enhancement-v1"} and len(res.processed) == len(PIDS)
-    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "b", ann, boxes=site["base"] / "boxes.csv",
-                      progress=False)
+    res = run_prepare(site["root"], site["base"] / "clinical.csv", tmp_path / "b", ann,
+                      boxes=site["base"] / "boxes.csv", progress=False)
     assert sorted(res.processed) == ["CSV_PT", "SEG_PT"]  # the box table and the SEG in the tree
     reasons = {s["patient"]: s["reason"] for s in res.skipped}
     assert "no tumour box for AUTO_PT" in reasons["AUTO_PT"] and "localisation='annotation'" in reasons["AUTO_PT"]

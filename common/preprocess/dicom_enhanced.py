@@ -63,7 +63,8 @@ def enhanced_headers(path: str) -> tuple[list[SliceHeader], str]:
         ipp = _attr(fg, shared, "PlanePositionSequence", "ImagePositionPatient")
         ps = _attr(fg, shared, "PixelMeasuresSequence", "PixelSpacing")
         if iop is None or ipp is None or ps is None or len(iop) != 6 or len(ipp) != 3 or len(ps) != 2:
-            return [], (f"Enhanced MR frame {k + 1} of PatientID {ds.get('PatientID', '?')}: missing/malformed Plane Orientation, Plane Position or "
+            return [], (f"Enhanced MR frame {k + 1} of PatientID {ds.get('PatientID', '?')}: missing/malformed "
+                        f"Plane Orientation, Plane Position or "
                         f"Pixel Measures functional group")
         used = _attr(fg, shared, "ContrastBolusUsageSequence", "ContrastBolusAgentAdministered")
         fc = _item(fg, None, "FrameContentSequence")

@@ -316,5 +316,6 @@ def _choose_t2(study: Study, choice: list[str]) -> Phase | None:
     return ph
 
 
-__all__ = ["DAY_S", "VISIT_RULES", "Selection", "choose_study", "classify", "description_phase", "phase_seconds", "phase_time", "relative_seconds",
+__all__ = ["DAY_S", "VISIT_RULES", "Selection", "choose_study", "classify", "description_phase", "phase_seconds",
+           "phase_time", "relative_seconds",
            "select_series", "unwrap_midnight"]

@@ -42,7 +42,7 @@ def process_patient(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: An
     ``box``: the patient's tumour annotation (an ``Annotation``, or a bare Duke voxel box), or None.
     Raises DicomError / ValueError with a message naming the file, series or field at fault.
     """
-    ann = Annotation("box", "(given)", box=tuple(box)) if isinstance(box, (tuple, list)) else box  # type: ignore[arg-type]
+    ann = Annotation("box", "(given)", box=tuple(box)) if isinstance(box, (tuple, list)) else box  # type: ignore
     nat = _read_native(pid, heads, cfg)
     mask_img = body_mask(nat.pre)
     mask = to_array(mask_img) > 0

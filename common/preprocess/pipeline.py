@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from common.config import AUTO_LOCALISATION, LOCALISATIONS, PHASE_NAMES, PrepConfig, to_dict
-from common.parallel import WORKER_DIED, map_with_progress
+from common.parallel import map_with_progress
 from common.patient_id import id_key
 from common.preprocess.annotations import gather
 from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, walk_files
