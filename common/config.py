@@ -18,6 +18,11 @@ from common.hashing import stable_hash
 
 T = TypeVar("T")
 
+#: Tumour localisation methods (PrepConfig.localisation) and the version of the automatic one; both enter
+#: the prep hash (common.preprocess.localise implements them).
+LOCALISATIONS = ("annotation_or_auto", "annotation", "auto")
+AUTO_LOCALISATION = "enhancement-v1"
+
 #: Names a model input channel may have. DCE phases are named by acquisition order.
 #: ``subK`` = postK - pre (subtraction image); ``t2`` = T2-weighted series resampled onto the DCE grid.
 PHASE_NAMES = ("pre", "post1", "post2", "post3", "post4", "post5", "post6", "post7", "post8", "post9", "post10")
@@ -33,9 +38,17 @@ class PrepConfig:
     spacing_mm: float = 2.0
     #: Output array shape (z, y, x) after crop/pad, in voxels of ``spacing_mm``.
     shape: tuple[int, int, int] = (32, 32, 32)
-    #: "tumour": crop centred on the annotated tumour box (needs boxes, Duke Annotation_Boxes format);
+    #: "tumour": crop centred on the tumour box (see ``localisation``);
     #: "breast": whole bilateral breast volume, centred on the body mask, cropped/padded to ``shape``.
     crop: str = "tumour"
+    #: Where the tumour box comes from (crop="tumour"): "annotation_or_auto" = the patient's annotation
+    #: (box table, NIfTI mask, DICOM-SEG) else the automatic localisation; "annotation" = annotation
+    #: required (patients without one are skipped); "auto" = automatic for every patient, annotations
+    #: ignored (identical crops at every site). See docs/preprocessing.md "Tumour localisation".
+    localisation: str = "annotation_or_auto"
+    #: Version of the automatic localisation (the code's ``AUTO_LOCALISATION``; another value is refused):
+    #: a field so that the prep hash changes when the method does.
+    auto_localisation: str = AUTO_LOCALISATION
     #: Orientation every volume is reoriented to (SimpleITK DICOMOrient code).
     orientation: str = "LPS"
     #: N4 bias-field correction of the pre-contrast phase (field applied to all phases).
@@ -148,4 +161,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["PHASE_NAMES", "PrepConfig", "TrainConfig", "from_dict", "load_yaml", "to_dict", "field"]
+__all__ = ["AUTO_LOCALISATION", "LOCALISATIONS", "PHASE_NAMES", "PrepConfig", "TrainConfig", "from_dict", "load_yaml",
+           "to_dict", "field"]

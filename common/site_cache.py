@@ -40,7 +40,8 @@ _MANIFEST: dict[str, bool] = {
     "spacing": False, "volume": True, "prep_hash": True, "manufacturer": False, "model": False,
     "field_strength": False, "pixel_spacing": False, "slice_thickness": False, "repetition_time": False,
     "echo_time": False, "view": False, "t2_present": False, "n_phases": False, "phase_times": False,
-    "crop_centre": False, "series_choice": False,
+    "crop_centre": False, "series_choice": False, "study_date": False, "study_uid": False, "dce_series": False,
+    "t2_series": False, "tumour_box": False, "box_source": False,
 }
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(_MANIFEST)
 MANIFEST_REQUIRED: tuple[str, ...] = tuple(c for c, needed in _MANIFEST.items() if needed)

@@ -120,14 +120,17 @@ def _tm(seconds: float) -> str:
 def write_series(folder: Path, pid: str, study_uid: str, series_uid: str, desc: str, number: int, grid: Grid,
                  blocks: list[tuple[np.ndarray, float, int]], study_date: str = "20200101",
                  names: str = "ordered", rng: np.random.Generator | None = None, modality: str = "MR",
-                 timing_tags: bool = True) -> list[Path]:
+                 timing_tags: bool = True, extra: dict | None = None) -> list[Path]:
     """Write one series, ``blocks`` = [(volume, seconds after 08:00, TemporalPositionIdentifier)].
 
     ``names``: ``ordered`` (1-001.dcm..), ``shuffled`` (random hex names, InstanceNumber shuffled too).
+    ``extra``: header keywords set on every file (ImageType, EchoTime, RepetitionTime ...).
     """
     rng = rng or np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     ds = _dataset(pid, study_uid, series_uid, desc, number, grid, study_date, modality)
+    for kw, value in (extra or {}).items():
+        setattr(ds, kw, value)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -213,3 +216,139 @@ def write_clinical(path: Path, labels: dict[str, object]) -> Path:
     mp = path.with_suffix(".yaml")
     mp.write_text(MAPPING_YAML)
     return mp
+
+
+# ----------------------------------------------------------------------------- PACS transfer syntaxes
+
+def _encode_jpeg_lossless(arr: np.ndarray) -> bytes:
+    """One 2-D frame as a JPEG Lossless Process 14 SV1 codestream (GDCM's encoder through SimpleITK)."""
+    import tempfile
+
+    import pydicom
+    import SimpleITK as sitk
+    from pydicom.encaps import generate_frames
+
+    with tempfile.TemporaryDirectory() as tmp:
+        w = sitk.ImageFileWriter()
+        w.SetFileName(f"{tmp}/f.dcm")
+        w.SetUseCompression(True)
+        w.SetCompressor("JPEG")
+        w.Execute(sitk.GetImageFromArray(arr[None].astype(np.uint16)))
+        ds = pydicom.dcmread(f"{tmp}/f.dcm")
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70", ds.file_meta.TransferSyntaxUID
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _encode_jpeg_baseline(arr: np.ndarray) -> bytes:
+    """One 8-bit frame as a JPEG Baseline codestream (Pillow's libjpeg encoder, quality 95)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def transcode(path: Path, syntax: str) -> None:
+    """Rewrite one of our uncompressed MR files in place in ``syntax``: a pydicom UID name (RLELossless,
+    JPEGLSLossless, JPEG2000Lossless, JPEG2000, JPEGLSNearLossless: pydicom's encoders with the installed
+    plugins), JPEGLosslessSV1 (GDCM), JPEGBaseline8Bit (Pillow; the data is scaled to 8 bits first),
+    DeflatedExplicitVRLittleEndian or ExplicitVRBigEndian."""
+    import pydicom
+    from pydicom import uid as U
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if syntax in ("RLELossless", "JPEGLSLossless", "JPEG2000Lossless"):
+        ds.compress(getattr(U, syntax))
+    elif syntax in ("JPEG2000", "JPEGLSNearLossless"):
+        kw = {"j2k_psnr": [60]} if syntax == "JPEG2000" else {"jls_error": 2}
+        ds.compress(getattr(U, syntax), **kw)
+    elif syntax == "JPEGLosslessSV1":
+        ds.PixelData = encapsulate([_encode_jpeg_lossless(arr)])
+        ds["PixelData"].VR = "OB"
+        ds.BitsStored, ds.HighBit = 16, 15
+        ds.file_meta.TransferSyntaxUID = U.JPEGLosslessSV1
+    elif syntax == "JPEGBaseline8Bit":
+        ds.PixelData = encapsulate([_encode_jpeg_baseline(arr // 16)])
+        ds["PixelData"].VR = "OB"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.file_meta.TransferSyntaxUID = U.JPEGBaseline8Bit
+    elif syntax == "DeflatedExplicitVRLittleEndian":
+        ds.file_meta.TransferSyntaxUID = U.DeflatedExplicitVRLittleEndian
+    elif syntax == "ExplicitVRBigEndian":
+        ds.PixelData = arr.astype(">u2").tobytes()
+        ds.file_meta.TransferSyntaxUID = U.ExplicitVRBigEndian
+        pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+        return
+    else:
+        raise ValueError(f"unknown syntax {syntax}")
+    ds.save_as(path, enforce_file_format=True)
+
+
+# ----------------------------------------------------------------------------- Enhanced MR (multi-frame)
+
+def write_enhanced(folder: Path, pid: str, grid: Grid = Grid(), times: tuple = (0, 90, 180), *, mode: str = "tpi",
+                   seed: int = 0, study_date: str = "20200101", desc: str = "DCE enhanced") -> dict:
+    """One patient's DCE as Enhanced MR Image Storage: geometry in the Plane Position (per frame) and
+    Plane Orientation / Pixel Measures (shared) functional groups; timing in Frame Content.
+
+    ``mode``: ``tpi`` one file, all phases, TemporalPositionIndex + FrameAcquisitionDateTime;
+    ``datetime`` one file, FrameAcquisitionDateTime only (frames shuffled); ``files`` one file per phase
+    (same series), FrameAcquisitionDateTime only. Returns box, volumes, files, series uid.
+    """
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage
+
+    vols, box = phantom(grid, len(times), seed)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = uid(pid, "enh", "study"), uid(pid, "enh", "series")
+    origin, u, v, n = grid.frame()
+    frames = [(p, k) for p in range(len(times)) for k in range(grid.slices)]
+    groups = [frames] if mode != "files" else [[f for f in frames if f[0] == p] for p in range(len(times))]
+    files = []
+    for g, group in enumerate(groups):
+        if mode == "datetime":
+            group = [group[i] for i in rng.permutation(len(group))]
+        ds = _dataset(pid, study, series, desc, 700, grid, study_date)
+        ds.SOPClassUID = EnhancedMRImageStorage
+        for kw in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RepetitionTime", "EchoTime"):
+            del ds[kw]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.NumberOfFrames = len(group)
+        shared = Dataset()
+        po, pm, mt, me = Dataset(), Dataset(), Dataset(), Dataset()
+        po.ImageOrientationPatient = [f"{c:g}" for c in (*u, *v)]
+        pm.PixelSpacing = [f"{grid.pixel_mm:g}", f"{grid.pixel_mm:g}"]
+        pm.SliceThickness = f"{grid.slice_mm:g}"
+        mt.RepetitionTime, me.EffectiveEchoTime = 4.5, 1.8
+        shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = Sequence([po]), Sequence([pm])
+        shared.MRTimingAndRelatedParametersSequence, shared.MREchoSequence = Sequence([mt]), Sequence([me])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        per = []
+        for p, k in group:
+            fg, pp, fc, cb = Dataset(), Dataset(), Dataset(), Dataset()
+            pp.ImagePositionPatient = [f"{c:.4f}" for c in origin + k * grid.slice_mm * n]
+            fc.FrameAcquisitionDateTime = f"{study_date}{_tm(8 * 3600 + times[p])}.000000"
+            if mode == "tpi":
+                fc.TemporalPositionIndex = p + 1
+            cb.ContrastBolusAgentNumber = 1
+            cb.ContrastBolusAgentAdministered = "YES" if times[p] > 0 else "NO"
+            fg.PlanePositionSequence, fg.FrameContentSequence = Sequence([pp]), Sequence([fc])
+            fg.ContrastBolusUsageSequence = Sequence([cb])
+            per.append(fg)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+        ds.PixelData = np.stack([vols[p][k] for p, k in group]).astype("<u2").tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = uid(series, g)
+        ds.InstanceNumber = g + 1
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = folder / f"enh-{g}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return {"box": box, "vols": vols, "files": files, "series": series}

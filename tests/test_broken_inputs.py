@@ -17,7 +17,7 @@ from common.config import PrepConfig
 from common.preprocess.pipeline import run_prepare
 from tests.dicom_factory import Grid, phantom, uid, write_boxes, write_clinical, write_patient, write_series
 
-CFG = PrepConfig(crop="tumour", shape=(16, 16, 16), spacing_mm=2.5)
+CFG = PrepConfig(crop="tumour", localisation="annotation", shape=(16, 16, 16), spacing_mm=2.5)  # boxes required
 
 
 def tree_hash(root: Path) -> str:

@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clinical-format", choices=["duke", "ispy2", "ispy1", "mama-mia", "csv"], default=None,
                    help="clinical table format (default: sniffed)")
     p.add_argument("--mapping", default=None, help="YAML column/value mapping for --clinical-format csv")
-    p.add_argument("--boxes", default=None, help="Duke-format Annotation_Boxes.xlsx (needed for crop: tumour)")
+    p.add_argument("--boxes", default=None, help="tumour boxes: Duke Annotation_Boxes.xlsx or a CSV with its columns")
+    p.add_argument("--masks", default=None, help="folder of NIfTI tumour masks named by patient (MAMA-MIA layout); "
+                                                 "DICOM-SEG objects in the tree are used too; without any "
+                                                 "annotation the tumour is localised automatically")
     p.add_argument("--site", default=None, help="site name (default: DICOM ClinicalTrialSiteID, clinical site)")
     p.add_argument("--out", required=True, help="cache directory (created; re-runs are incremental)")
     p.add_argument("--config", default=None, help="PrepConfig YAML (default: common.config.PrepConfig())")
@@ -35,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_yaml(PrepConfig, args.config)
         res = run_prepare(args.dicom, args.clinical, args.out, cfg, clinical_format=args.clinical_format,
-                          mapping=args.mapping, boxes=args.boxes, site=args.site, workers=max(1, args.workers),
-                          progress=not args.no_progress)
+                          mapping=args.mapping, boxes=args.boxes, masks=args.masks, site=args.site,
+                          workers=max(1, args.workers), progress=not args.no_progress)
     except (ValueError, OSError, ImportError) as exc:
         print(f"fedpcr prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -20,8 +20,9 @@ from common.preprocess.dicom_headers import (
     list_files,
     parse_tm,
     read_header,
-    scan_files,
+    walk_files,
 )
+from common.preprocess.dicom_scan import read_headers, scan_files
 from common.preprocess.dicom_phases import (
     Selection,
     classify,
@@ -35,4 +36,4 @@ from common.preprocess.dicom_series import Phase, Series, Study, build_studies, 
 
 __all__ = ["HEADER_TAGS", "DicomError", "Phase", "Selection", "Series", "SliceHeader", "Study", "build_studies",
            "classify", "description_phase", "group_patients", "list_files", "parse_tm", "phase_seconds",
-           "phase_time", "read_header", "scan_files", "select_series", "split_series", "unwrap_midnight"]
+           "phase_time", "read_header", "read_headers", "scan_files", "walk_files", "select_series", "split_series", "unwrap_midnight"]

@@ -31,7 +31,8 @@ HEADER_TAGS = [
     "ClinicalTrialSiteID", "NumberOfTemporalPositions", "AcquisitionNumber",
 ]
 _TAGS = {kw: tag_for_keyword(kw) for kw in HEADER_TAGS}
-_MR_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}  # MR, Enhanced MR
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_MR_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", ENHANCED_MR}  # MR, Enhanced MR
 
 
 class DicomError(Exception):
@@ -69,6 +70,8 @@ class SliceHeader:
     slice_thickness: float | None
     contrast: bool
     trial_site: str
+    #: Frame index inside a multi-frame (Enhanced MR) file; None for a classic one-slice file.
+    frame: int | None = None
 
 
 def _float(value: object) -> float | None:
@@ -146,6 +149,8 @@ def read_header(path: str) -> tuple[SliceHeader | None, str]:
             return None, f"Modality {modality or 'missing'} (not MR)"
         if sop_class and sop_class not in _MR_IMAGE_CLASSES:
             return None, f"SOPClassUID {sop_class} is not an MR image"
+        if sop_class == ENHANCED_MR:
+            return None, "Enhanced MR (multi-frame): read with read_headers"
         for tag in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "ImageOrientationPatient",
                     "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
             if v.get(tag) in (None, ""):
@@ -177,40 +182,55 @@ def read_header(path: str) -> tuple[SliceHeader | None, str]:
     return head, ""
 
 
-def list_files(root: Path) -> list[str]:
-    """Every regular file under ``root`` (sorted, so discovery is deterministic); DICOMDIR excluded."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.upper() == "DICOMDIR" or name.startswith("."):
-                continue
-            out.append(os.path.join(dirpath, name))
-    return out
-
-
-def scan_files(paths: Iterable[str]) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
-    """Headers of the usable MR image files among ``paths``; the others with their reason; bytes seen."""
-    heads, ignored, n_bytes = [], [], 0
-    for p in paths:
+def walk_files(root: Path | str) -> tuple[list[str], list[dict[str, str]]]:
+    """Every regular file under ``root`` (sorted, deterministic; DICOMDIR and hidden files excluded) and
+    every folder that could not be listed or link that leads nowhere, with the reason (never silently
+    skipped, unlike ``os.walk``). Symbolic links to folders are followed once (loops reported)."""
+    files: list[str] = []
+    unreadable: list[dict[str, str]] = []
+    seen: set[str] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            unreadable.append({"folder": folder, "reason": f"symbolic link loop (already visited as {real})"})
+            continue
+        seen.add(real)
         try:
-            n_bytes += os.path.getsize(p)
-        except OSError:
-            pass
-        h, why = read_header(p)
-        if h is None:
-            ignored.append({"file": p, "reason": why})
-        else:
-            heads.append(h)
-    return heads, ignored, n_bytes
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            unreadable.append({"folder": folder, "reason": f"cannot list folder ({type(exc).__name__}: "
+                                                           f"{exc.strerror or exc})"})
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir():  # follows links to folders
+                    subdirs.append(e.path)
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    unreadable.append({"folder": e.path, "reason": f"broken symbolic link (to {os.readlink(e.path)})"})
+                elif not (e.name.upper() == "DICOMDIR" or e.name.startswith(".")):
+                    files.append(e.path)
+            except OSError as exc:
+                unreadable.append({"folder": e.path, "reason": f"cannot stat ({type(exc).__name__}: {exc})"})
+        stack.extend(reversed(subdirs))
+    return files, unreadable
+
+
+def list_files(root: Path) -> list[str]:
+    """Every regular file under ``root`` (sorted, so discovery is deterministic); DICOMDIR excluded.
+    :func:`walk_files` also returns the folders that could not be read."""
+    return walk_files(root)[0]
 
 
 def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]:
     """PatientID -> its headers, duplicated SOPInstanceUIDs (the same file copied twice) dropped."""
     out: dict[str, list[SliceHeader]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, int | None]] = set()
     for h in sorted(heads, key=lambda h: h.path):
-        key = (h.series_uid, h.sop_uid)
+        key = (h.series_uid, h.sop_uid, h.frame)
         if key in seen:
             continue
         seen.add(key)
@@ -218,5 +238,5 @@ def group_patients(heads: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]
     return dict(out)
 
 
-__all__ = ["DicomError", "HEADER_TAGS", "SliceHeader", "group_patients", "list_files", "parse_tm", "read_header",
-           "scan_files"]
+__all__ = ["DicomError", "ENHANCED_MR", "HEADER_TAGS", "SliceHeader", "group_patients", "list_files", "parse_tm",
+           "read_header", "walk_files"]

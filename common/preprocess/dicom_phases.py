@@ -58,12 +58,22 @@ def description_phase(desc: str) -> int | None:
     return None
 
 
+_LOCALISER_RE = re.compile(r"(locali[sz]er|\bloc\b|scout|survey|3[ -]?plane|tri[ -]?pilot|\bcal\b|calibration|"
+                           r"asset|\bref\b)", re.I)
+_DWI_RE = re.compile(r"(\bdwi|diffusion|\bdiff\b|ep2d_diff|resolve|\badc\b|\btrace\w*|\bb ?\d{2,4}\b|\bdti\b)", re.I)
+
+
 def classify(series: Series) -> str:
-    """dce | t2 | t1 (non fat-suppressed, not dynamic) | derived | other, from headers and description."""
+    """dce | t2 | t1 (non fat-suppressed, not dynamic) | derived | localiser | dwi | other, from headers
+    (ImageType, TE/TR) and the SeriesDescription."""
     h = series.slices[0]
     d = series.description
     if "DERIVED" in h.image_type or "SECONDARY" in h.image_type or _DERIVED_RE.search(d):
         return "derived"
+    if "LOCALIZER" in h.image_type or _LOCALISER_RE.search(d):
+        return "localiser"
+    if "DIFFUSION" in h.image_type or "ADC" in h.image_type or _DWI_RE.search(d):
+        return "dwi"
     if _T2_RE.search(d) or (h.te is not None and h.te >= 50 and (h.tr or 0) >= 1000):
         return "t2"
     if _T1_NONFS_RE.search(d):
@@ -71,7 +81,7 @@ def classify(series: Series) -> str:
     dyn_words = re.search(r"dyn|vibrant|dce|pass|phase|ph\d|fl3d|3dfgre|fgre|thrive|\bpre\b|\bpost", d, re.I)
     if len(series.phases) > 1 or dyn_words or description_phase(d) is not None:
         return "dce"
-    if h.tr is not None and h.tr < 15:
+    if h.tr is not None and h.tr < 15 and len(series.slices) >= 8:
         return "dce"
     return "other"
 
@@ -112,6 +122,64 @@ def phase_seconds(phases: list[Phase]) -> list[float]:
     return [float(r) for r in rel]  # type: ignore[arg-type]
 
 
+#: PrepConfig.visit values: "pre" = the earliest visit with a DCE (pre-treatment), "early" = the next one
+#: (early-treatment), "latest" = the last one, "YYYYMMDD" = the visit of that StudyDate.
+VISIT_RULES = ("pre", "early", "latest")
+
+
+def _visits(studies: list[Study]) -> list[list[Study]]:
+    """Studies grouped by StudyDate (a visit), in date order."""
+    by_date: dict[str, list[Study]] = defaultdict(list)
+    for st in studies:
+        by_date[st.date or "?"].append(st)
+    return [by_date[d] for d in sorted(by_date, key=lambda d: (d == "?", d))]
+
+
+def _has_dce(st: Study) -> bool:
+    return any(s.kind == "dce" or (s.kind == "broken" and (classify(s) == "dce" or
+                                                           description_phase(s.description) is not None))
+               for s in st.series)
+
+
+def choose_study(patient_id: str, studies: list[Study], visit: str, choice: list[str]) -> Study:
+    """The study of the requested visit, chosen by headers only: visits are StudyDates holding a DCE series
+    (localiser-only or T2-only studies do not count); on one date, the study with the richest DCE."""
+    for st in studies:
+        for s in st.series:
+            s.kind = classify(s) if not s.error else "broken"
+    visits = [[st for st in v if _has_dce(st)] for v in _visits(studies)]
+    visits = [v for v in visits if v]
+    dates = [v[0].date or "?" for v in visits]
+    if not visits:
+        kinds = ", ".join(f"'{s.description}' ({s.kind})" for st in studies for s in st.series)
+        raise DicomError(f"patient {patient_id}: no DCE series in any study (StudyDates "
+                         f"{', '.join(st.date or '?' for st in studies)}); series found: {kinds or 'none'}")
+    if visit == "pre":
+        k = 0
+    elif visit == "early":
+        if len(visits) < 2:
+            raise DicomError(f"patient {patient_id}: visit 'early' requested but only one visit with a DCE "
+                             f"(StudyDate {dates[0]})")
+        k = 1
+    elif visit == "latest":
+        k = len(visits) - 1
+    elif re.fullmatch(r"\d{8}", visit):
+        if visit not in dates:
+            raise DicomError(f"patient {patient_id}: no DCE study on StudyDate {visit} (visits: {', '.join(dates)})")
+        k = dates.index(visit)
+    else:
+        raise DicomError(f"unsupported visit rule {visit!r} (pre, early, latest or a StudyDate YYYYMMDD)")
+    cands = visits[k]
+    study = max(cands, key=lambda st: max((len(s.phases) * len(s.slices) for s in st.series if s.kind == "dce"),
+                                          default=0))
+    rank = "single study" if len(visits) == 1 else "earliest" if k == 0 else "latest" if k == len(visits) - 1 \
+        else f"visit {k + 1}"
+    choice.append(f"visit: {visit} = StudyDate {study.date}, {rank}" + (
+        f" of {len(visits)} studies with a DCE ({', '.join(dates)})" if len(visits) > 1 else "")
+        + f"; study {study.uid}")
+    return study
+
+
 def select_series(patient_id: str, heads: list[SliceHeader], visit: str = "pre") -> Selection:
     """Choose the visit, the DCE phases (named pre, post1..) and T2 of one patient; raise DicomError with
     a precise reason when no usable DCE exists."""
@@ -119,26 +187,16 @@ def select_series(patient_id: str, heads: list[SliceHeader], visit: str = "pre")
     if not studies:
         raise DicomError(f"patient {patient_id}: no MR image series")
     choice: list[str] = []
-    if visit != "pre":
-        raise DicomError(f"unsupported visit rule {visit!r} (only 'pre' = earliest StudyDate)")
-    study = studies[0]
-    if len(studies) > 1:
-        choice.append(f"visit: earliest of {len(studies)} studies (StudyDate {study.date}; later: "
-                      f"{', '.join(s.date or '?' for s in studies[1:])})")
-    else:
-        choice.append(f"visit: single study (StudyDate {study.date})")
-    for s in study.series:
-        s.kind = classify(s) if not s.error else "broken"
+    study = choose_study(patient_id, studies, visit, choice)
     broken = [s for s in study.series if s.kind == "broken"]
     dce = [s for s in study.series if s.kind == "dce"]
     for s in broken:
         if classify(s) == "dce" or description_phase(s.description) is not None:
             raise DicomError(f"patient {patient_id}: DCE {s.error}")
         choice.append(f"ignored broken series '{s.description}': {s.error}")
-    if not dce:
-        kinds = ", ".join(f"'{s.description}' ({s.kind})" for s in study.series)
-        raise DicomError(f"patient {patient_id}: no DCE series in study {study.uid} (StudyDate {study.date}); "
-                         f"series found: {kinds or 'none'}")
+    others = [f"#{s.number} '{s.description}' ({s.kind})" for s in study.series if s.kind not in ("dce", "broken")]
+    if others:
+        choice.append("not DCE: " + ", ".join(others))
     phases = _choose_dce(patient_id, dce, choice)
     t2 = _choose_t2(study, choice)
     return Selection(patient_id=patient_id, study=study, phases=phases, t2=t2, choice=choice)
@@ -258,5 +316,6 @@ def _choose_t2(study: Study, choice: list[str]) -> Phase | None:
     return ph
 
 
-__all__ = ["DAY_S", "Selection", "classify", "description_phase", "phase_seconds", "phase_time", "relative_seconds",
+__all__ = ["DAY_S", "VISIT_RULES", "Selection", "choose_study", "classify", "description_phase", "phase_seconds",
+           "phase_time", "relative_seconds",
            "select_series", "unwrap_midnight"]

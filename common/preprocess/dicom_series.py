@@ -119,6 +119,9 @@ def split_series(series: Series) -> list[Phase]:
         if len(cand) == repeats or (attr == "temporal_id" and len(cand) > 1):
             groups, how = dict(cand), label
             break
+    if not groups and repeats > 1 and all(s.frame is not None for s in sl) and \
+            len({s.path for s in sl}) == repeats:  # Enhanced MR, one multi-frame file per phase, no timing
+        groups, how = {p: [s for s in sl if s.path == p] for p in sorted({s.path for s in sl})}, "file"
     if not groups:
         if repeats > 1 and len(sl) == repeats * n_pos:
             # repeated positions with no usable timing tag: the k-th occurrence of a position (in

@@ -14,7 +14,7 @@ import pandas as pd
 
 from common.config import PrepConfig
 from common.patient_id import id_key
-from common.preprocess.boxes import Box
+from common.preprocess.annotations import Annotation
 from common.preprocess.dicom_headers import SliceHeader
 
 #: ``ignored_files`` reasons that mean a broken DICOM file (not a stray non-DICOM file).
@@ -42,7 +42,7 @@ class _Context:
     clin_by_key: dict[str, pd.Series]
     dup_keys: set[str]
     issues_by_key: dict[str, list[dict[str, Any]]]
-    box_map: dict[str, Box]
+    box_map: dict[str, Annotation]
     skip_on_clinical_issue: bool
     keep_unlabelled: bool
 
@@ -66,17 +66,27 @@ def _clinical_index(table: pd.DataFrame, issues: list[dict[str, Any]]
 
 def _broken_files(patients: dict[str, list[SliceHeader]], ignored: list[dict[str, str]]) -> dict[str, list[str]]:
     """Patient -> unreadable DICOM files in folders that hold only that patient's images (its series are
-    then incomplete, so the patient is skipped naming the file)."""
+    then incomplete, so the patient is skipped naming the file), and unreadable folders (entries with a
+    ``folder`` key) whose parent folder holds only that patient's images."""
     bad_by_dir: dict[str, list[str]] = {}
+    bad_folders = []
     for d in ignored:
-        if d["reason"].startswith(_BROKEN):
+        if d.get("folder"):
+            bad_folders.append(d["file"])
+        elif d["reason"].startswith(_BROKEN):
             bad_by_dir.setdefault(os.path.dirname(d["file"]), []).append(d["file"])
     dir_patients: dict[str, set[str]] = {}
     for pid, hs in patients.items():
         for h in hs:
             dir_patients.setdefault(os.path.dirname(h.path), set()).add(pid)
-    return {pid: sorted({f for dr in {os.path.dirname(h.path) for h in hs} if dir_patients.get(dr) == {pid}
-                         for f in bad_by_dir.get(dr, [])}) for pid, hs in patients.items()}
+    out = {pid: sorted({f for dr in {os.path.dirname(h.path) for h in hs} if dir_patients.get(dr) == {pid}
+                        for f in bad_by_dir.get(dr, [])}) for pid, hs in patients.items()}
+    for folder in bad_folders:
+        parent = os.path.dirname(folder) + os.sep
+        owners = {pid for dr, pids in dir_patients.items() if (dr + os.sep).startswith(parent) for pid in pids}
+        if len(owners) == 1:
+            out[owners.pop()].append(folder)
+    return out
 
 
 def _clinical_reason(pid: str, key: str, ctx: _Context) -> str | None:
@@ -93,10 +103,10 @@ def _clinical_reason(pid: str, key: str, ctx: _Context) -> str | None:
         return f"clinical issue in {src}: {text}"
     if pd.isna(_label(row)) and not ctx.keep_unlabelled:
         return f"no pCR label (pcr empty) in {src} for {pid}"
-    if ctx.box_map.get(key) is None and ctx.cfg.crop == "tumour":
+    if ctx.box_map.get(key) is None and ctx.cfg.crop == "tumour" and ctx.cfg.localisation == "annotation":
         bi = [i["reason"] for i in ctx.issues_by_key.get(key, []) if i.get("field") == "Annotation_Boxes"]
         why = f" ({bi[0]})" if bi else ""
-        return f"no tumour box for {pid} in {ctx.boxes_src}{why} (crop='tumour')"
+        return f"no tumour box for {pid} in {ctx.boxes_src}{why} (crop='tumour', localisation='annotation')"
     return None
 
 
@@ -105,7 +115,7 @@ def _label(row: pd.Series) -> Any:
 
 
 def plan_jobs(patients: dict[str, list[SliceHeader]], table: pd.DataFrame, issues: list[dict[str, Any]],
-              box_map: dict[str, Box], ignored: list[dict[str, str]], done: set[str], cfg: PrepConfig, *,
+              box_map: dict[str, Annotation], ignored: list[dict[str, str]], done: set[str], cfg: PrepConfig, *,
               clinical_src: str, boxes_src: str, site: str | None, default_site: str, out: str,
               skip_on_clinical_issue: bool, keep_unlabelled: bool) -> Plan:
     """Decide for every DICOM patient (sorted): a ``process_patient`` job, reuse (``done`` = valid in the
@@ -120,8 +130,9 @@ def plan_jobs(patients: dict[str, list[SliceHeader]], table: pd.DataFrame, issue
         reason = _clinical_reason(pid, key, ctx)
         bad = broken[pid]
         if reason is None and bad:
-            why = next(d["reason"] for d in ignored if d["file"] == bad[0])
-            reason = (f"unreadable DICOM file {bad[0]} ({why}) among the series files of {pid}"
+            entry = next(d for d in ignored if d["file"] == bad[0])
+            what = "folder" if entry.get("folder") else "DICOM file"
+            reason = (f"unreadable {what} {bad[0]} ({entry['reason']}) among the series files of {pid}"
                       + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
         if reason is not None:
             plan.skipped.append({"patient": pid, "reason": reason})

@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 
 from common.config import PrepConfig
+from common.preprocess.annotations import Annotation
 from common.preprocess.boxes import Box
 from common.preprocess.dicom_headers import DicomError, SliceHeader
 from common.preprocess.dicom_phases import Selection, phase_seconds, select_series
 from common.preprocess.intensity import body_mask, fit_standardiser
 from common.preprocess.kinetics import KINETIC_COLUMNS, kinetic_features
+from common.preprocess.localise import annotation_box, locate
 from common.preprocess.volume import box_centre, from_array, mask_centre, n4_field, onto, output_grid, \
     phase_image, same_grid, to_array
 from common.site_cache import write_volume
@@ -33,35 +35,53 @@ class _Native:
     arrays: list[np.ndarray]
 
 
-def process_patient(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Box | None, out: str,
+def process_patient(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Annotation | Box | None, out: str,
                     site: str, label: float | None) -> dict[str, Any]:
     """Select, read, harmonise and cache one patient; returns ``{"row": manifest row, "kinetics": row}``.
 
+    ``box``: the patient's tumour annotation (an ``Annotation``, or a bare Duke voxel box), or None.
     Raises DicomError / ValueError with a message naming the file, series or field at fault.
     """
-    nat = _read_native(pid, heads, cfg, box)
+    ann = Annotation("box", "(given)", box=tuple(box)) if isinstance(box, (tuple, list)) else box  # type: ignore
+    nat = _read_native(pid, heads, cfg)
     mask_img = body_mask(nat.pre)
     mask = to_array(mask_img) > 0
+    tbox, source = _tumour_box(pid, nat, cfg, ann, mask)
     times = phase_seconds(nat.sel.phases)
-    krow = _kinetics_row(pid, nat, times, box, mask)
+    krow = _kinetics_row(pid, nat, times, tbox, mask, "auto_box" if source.startswith("auto") else "tumour_box")
     arrays, pad = _harmonise(nat, cfg, mask_img, mask)
-    if cfg.crop == "tumour":
-        if box is None:
-            raise ValueError(f"patient {pid}: crop='tumour' but no tumour box for this patient")
-        centre = box_centre(nat.pre, box)
-    else:
-        centre = mask_centre(mask_img)
+    centre = box_centre(nat.pre, tbox) if cfg.crop == "tumour" and tbox is not None else mask_centre(mask_img)
     grid = output_grid(nat.pre, centre, cfg.orientation, cfg.spacing_mm, cfg.shape)
     vol, t2_present = _channels(nat, arrays, pad, cfg, grid)
     if not np.all(np.isfinite(vol)):
         raise ValueError(f"patient {pid}: non-finite values after preprocessing (float16 overflow?)")
     rel = write_volume(out, pid, vol)
     row = _manifest_row(pid, nat, cfg, site, label, rel, times, centre, t2_present)
+    row.update(tumour_box=";".join(str(b) for b in tbox) if tbox is not None else "", box_source=source)
     return {"row": row, "kinetics": krow}
 
 
-def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Box | None) -> _Native:
-    """Select the series, check the channels and the box fit, read every phase onto the pre-contrast grid."""
+def _tumour_box(pid: str, nat: _Native, cfg: PrepConfig, ann: Annotation | None, mask: np.ndarray
+                ) -> tuple[Box | None, str]:
+    """The tumour box in the pre-contrast grid and where it came from (annotation file or automatic);
+    with crop='breast' only an annotation is used (for the kinetics region)."""
+    if cfg.crop == "tumour":
+        box, source = locate(pid, cfg.localisation, ann, nat.pre, nat.arrays, mask)
+    elif ann is not None:
+        box, source = annotation_box(pid, ann, nat.pre), f"{ann.kind}:{ann.source}"
+    else:
+        return None, ""
+    size_zyx = nat.arrays[0].shape
+    z0, z1, y0, y1, x0, x1 = box
+    if z1 >= size_zyx[0] or y1 >= size_zyx[1] or x1 >= size_zyx[2]:
+        raise ValueError(f"patient {pid}: tumour box (z{z0}-{z1}, y{y0}-{y1}, x{x0}-{x1}, 0-based) lies outside "
+                         f"the pre-contrast series {nat.sel.phases[0].series_uid} of {size_zyx[0]}x{size_zyx[1]}x"
+                         f"{size_zyx[2]} voxels")
+    return box, source
+
+
+def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig) -> _Native:
+    """Select the series, check the channels, read every phase onto the pre-contrast grid."""
     sel = select_series(pid, heads, cfg.visit)
     names = [p.name for p in sel.phases]
     n_post = len(names) - 1
@@ -76,23 +96,16 @@ def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: Box |
         if not same_grid(imgs[k], pre):
             imgs[k] = onto(imgs[k], pre, "linear", 0.0)
             sel.choice.append(f"{names[k]} resampled onto the pre-contrast grid (different geometry)")
-    arrays = [to_array(im) for im in imgs]
-    size_zyx = arrays[0].shape
-    if box is not None:
-        z0, z1, y0, y1, x0, x1 = box
-        if z1 >= size_zyx[0] or y1 >= size_zyx[1] or x1 >= size_zyx[2]:
-            raise ValueError(f"patient {pid}: tumour box (z{z0}-{z1}, y{y0}-{y1}, x{x0}-{x1}, 0-based) lies outside "
-                             f"the pre-contrast series {sel.phases[0].series_uid} of {size_zyx[0]}x{size_zyx[1]}x"
-                             f"{size_zyx[2]} voxels")
-    return _Native(sel=sel, names=names, pre=pre, arrays=arrays)
+    return _Native(sel=sel, names=names, pre=pre, arrays=[to_array(im) for im in imgs])
 
 
-def _kinetics_row(pid: str, nat: _Native, times: list[float], box: Box | None, mask: np.ndarray) -> dict[str, Any]:
+def _kinetics_row(pid: str, nat: _Native, times: list[float], box: Box | None, mask: np.ndarray,
+                  box_name: str) -> dict[str, Any]:
     """Kinetic features from the native phases (the bias field cancels in percent enhancement)."""
     if box is not None:
         region = np.zeros(nat.arrays[0].shape, bool)
         region[box[0]:box[1] + 1, box[2]:box[3] + 1, box[4]:box[5] + 1] = True
-        region_name = "tumour_box"
+        region_name = box_name
     else:
         region, region_name = mask, "body_mask"
     kin = kinetic_features(nat.arrays, times, region)
@@ -170,6 +183,9 @@ def _manifest_row(pid: str, nat: _Native, cfg: PrepConfig, site: str, label: flo
         "slice_thickness": h.slice_thickness, "repetition_time": h.tr, "echo_time": h.te, "view": _view(h),
         "t2_present": t2_present, "n_phases": len(nat.names), "phase_times": ";".join(f"{t:.1f}" for t in times),
         "crop_centre": ";".join(f"{c:.2f}" for c in centre), "series_choice": " | ".join(nat.sel.choice),
+        "study_date": nat.sel.study.date, "study_uid": nat.sel.study.uid,
+        "dce_series": ";".join(dict.fromkeys(p.series_uid for p in nat.sel.phases)),
+        "t2_series": nat.sel.t2.series_uid if nat.sel.t2 is not None else "",
     }
 
 

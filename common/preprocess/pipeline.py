@@ -10,19 +10,18 @@ from __future__ import annotations
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
-from common.config import PHASE_NAMES, PrepConfig, to_dict
+from common.config import AUTO_LOCALISATION, LOCALISATIONS, PHASE_NAMES, PrepConfig, to_dict
 from common.parallel import map_with_progress
 from common.patient_id import id_key
-from common.preprocess.boxes import Box, read_boxes
-from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, list_files, scan_files
+from common.preprocess.annotations import gather
+from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patients, walk_files
+from common.preprocess.dicom_scan import scan_files
 from common.preprocess.match import Plan, plan_jobs
 from common.preprocess.patient import process_patient
 from common.site_cache import KINETICS, KINETICS_COLUMNS, MANIFEST, MANIFEST_COLUMNS, PREP_CONFIG, VOLUMES, \
@@ -52,6 +51,8 @@ class PrepareResult:
     prep_hash: str
     n_files: int = 0
     n_bytes: int = 0
+    #: Folders (and dangling links) the scan could not read, with the reason.
+    unreadable: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     scan_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +62,8 @@ class PrepareResult:
                  f"processed now, {len(self.reused)} reused), {len(self.skipped)} skipped, "
                  f"{len(self.ignored_files)} files ignored; {self.n_files} files / {self.n_bytes / 1e6:.1f} MB "
                  f"scanned in {self.scan_seconds:.1f}s; total {self.seconds:.1f}s; prep_hash {self.prep_hash}"]
+        for u in self.unreadable[:20]:
+            lines.append(f"  unreadable {u['folder']}: {u['reason']}")
         for s in self.skipped[:20]:
             lines.append(f"  skipped {s['patient']}: {s['reason']}")
         if len(self.skipped) > 20:
@@ -72,6 +75,11 @@ def validate_config(cfg: PrepConfig) -> None:
     """Reject configs the pipeline cannot honour, naming the field."""
     if cfg.crop not in {"tumour", "breast"}:
         raise ValueError(f"PrepConfig.crop must be 'tumour' or 'breast', got {cfg.crop!r}")
+    if cfg.localisation not in LOCALISATIONS:
+        raise ValueError(f"PrepConfig.localisation must be one of {', '.join(LOCALISATIONS)}, got {cfg.localisation!r}")
+    if cfg.auto_localisation != AUTO_LOCALISATION:
+        raise ValueError(f"PrepConfig.auto_localisation {cfg.auto_localisation!r}: this version implements "
+                         f"{AUTO_LOCALISATION!r} only (caches of other versions are not comparable)")
     if cfg.standardise not in {"zscore_body", "none"}:
         raise ValueError(f"PrepConfig.standardise must be 'zscore_body' or 'none', got {cfg.standardise!r}")
     if cfg.interpolator not in {"linear", "bspline"}:
@@ -93,29 +101,32 @@ def _job(args: tuple) -> dict[str, Any]:
         return {"error": f"patient {pid}: unexpected {type(exc).__name__}: {exc}", "patient": pid}
 
 
+def _job_crashed(args: tuple, why: str) -> dict[str, Any]:
+    """The result of a patient whose worker process died (segfault in a codec, out of memory, killed)."""
+    return {"error": f"patient {args[0]}: {why} while it was being prepared ({len(args[1])} DICOM files)",
+            "patient": args[0]}
+
+
+def _scan_crashed(chunk: list[str], why: str) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
+    return [], [{"file": f, "reason": f"unreadable DICOM ({why} while reading headers of this batch)"}
+                for f in chunk], 0
+
+
 def _scan(files: list[str], workers: int, progress: bool) -> tuple[list[SliceHeader], list[dict[str, str]], int]:
     heads: list[SliceHeader] = []
     ignored: list[dict[str, str]] = []
     n_bytes = 0
-    bar = tqdm(total=len(files), desc="scan DICOM headers", unit="file", disable=not progress)
     if workers > 1 and len(files) > 200:
         n_chunks = workers * 8
         chunks = [files[i::n_chunks] for i in range(n_chunks)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for chunk, (h, ig, nb) in zip(chunks, pool.map(scan_files, chunks)):
-                heads += h
-                ignored += ig
-                n_bytes += nb
-                bar.update(len(chunk))
     else:
-        step = 500
-        for i in range(0, len(files), step):
-            h, ig, nb = scan_files(files[i:i + step])
-            heads += h
-            ignored += ig
-            n_bytes += nb
-            bar.update(len(files[i:i + step]))
-    bar.close()
+        chunks = [files[i:i + 500] for i in range(0, len(files), 500)]
+    parts = map_with_progress(scan_files, chunks, workers=workers if len(files) > 200 else 1,
+                              desc="scan DICOM headers", unit="batch", progress=progress, on_crash=_scan_crashed)
+    for h, ig, nb in parts:
+        heads += h
+        ignored += ig
+        n_bytes += nb
     ignored.sort(key=lambda d: d["file"])
     return heads, ignored, n_bytes
 
@@ -154,43 +165,52 @@ def _previous(out: Path, prep_hash: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path, cfg: PrepConfig = PrepConfig(),
                 *, clinical_format: str | None = None, mapping: str | Path | None = None,
-                boxes: str | Path | None = None, site: str | None = None, workers: int = 1,
-                progress: bool = True, options: PipelineOptions = PipelineOptions()) -> PrepareResult:
-    """Build (or update) the site cache ``out`` from a DICOM tree and a clinical table."""
+                boxes: str | Path | None = None, masks: str | Path | None = None, site: str | None = None,
+                workers: int = 1, progress: bool = True, options: PipelineOptions = PipelineOptions()
+                ) -> PrepareResult:
+    """Build (or update) the site cache ``out`` from a DICOM tree and a clinical table.
+
+    Tumour annotations: ``boxes`` (Duke xlsx or CSV), ``masks`` (folder of NIfTI masks named by patient)
+    and DICOM-SEG objects in the tree; without any, ``cfg.localisation`` decides (automatic by default).
+    """
     t_start = time.perf_counter()
-    dicom, out = _check_paths(dicom, out, cfg, boxes)
+    dicom, out = _check_paths(dicom, out, cfg, boxes, masks)
     prep_hash = cfg.hash()
     table, issues = _load_clinical(Path(clinical) if clinical else None, clinical_format,
                                    Path(mapping) if mapping else None, site)
-    box_map: dict[str, Box] = {}
-    if boxes is not None:
-        box_map, box_issues = read_boxes(boxes)
-        issues += box_issues
     out.mkdir(parents=True, exist_ok=True)
     prev_man, prev_kin = _previous(out, prep_hash)
 
     t_scan = time.perf_counter()
-    files = list_files(dicom)
+    files, unreadable = walk_files(dicom)
     heads, ignored, n_bytes = _scan(files, workers, progress)
     scan_s = time.perf_counter() - t_scan
-    plan = plan_jobs(group_patients(heads), table, issues, box_map, ignored, set(prev_man["patient_id"].astype(str)),
-                     cfg, clinical_src=f"{clinical}" if clinical else "(no --clinical table)", boxes_src=f"{boxes}",
+    annotations, ann_issues, ignored = gather(boxes, masks, ignored)
+    issues += ann_issues
+    sources = ", ".join(str(x) for x in (boxes, masks) if x is not None) or "(no --boxes/--masks)"
+    plan = plan_jobs(group_patients(heads), table, issues, annotations, ignored + [
+        {"file": u["folder"], "reason": f"unreadable folder: {u['reason']}", "folder": "1"} for u in unreadable],
+                     set(prev_man["patient_id"].astype(str)), cfg,
+                     clinical_src=f"{clinical}" if clinical else "(no --clinical table)",
+                     boxes_src=sources + " or a DICOM-SEG in the tree",
                      site=site, default_site=dicom.name, out=str(out),
                      skip_on_clinical_issue=options.skip_on_clinical_issue, keep_unlabelled=options.keep_unlabelled)
     results: list[dict[str, Any]] = map_with_progress(_job, plan.jobs, workers=workers, desc="prepare patients",
-                                                      unit="pt", progress=progress)
+                                                      unit="pt", progress=progress, on_crash=_job_crashed)
     manifest, kin = _merge(results, plan, prev_man, prev_kin)
     ids = manifest["patient_id"].astype(str).tolist()
     _remove_stale(out, set(manifest["volume"].astype(str)))
     res = PrepareResult(processed=ids, reused=sorted(set(plan.reused) & set(ids)), skipped=plan.skipped,
                         ignored_files=ignored, clinical_issues=issues, prep_hash=prep_hash, n_files=len(files),
-                        n_bytes=n_bytes, scan_seconds=scan_s, seconds=time.perf_counter() - t_start)
+                        n_bytes=n_bytes, unreadable=unreadable, scan_seconds=scan_s,
+                        seconds=time.perf_counter() - t_start)
     write_cache_tables(out, manifest, _clinical_rows(manifest, plan, table), kin,
                        {"config": to_dict(cfg), "hash": prep_hash}, _report(res, dicom, options))
     return res
 
 
-def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str | Path | None) -> tuple[Path, Path]:
+def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str | Path | None,
+                 masks: str | Path | None) -> tuple[Path, Path]:
     """Validate the config and the source / output paths (the source is read-only); resolved paths."""
     validate_config(cfg)
     dicom, out = Path(dicom).resolve(), Path(out).resolve()
@@ -198,8 +218,8 @@ def _check_paths(dicom: str | Path, out: str | Path, cfg: PrepConfig, boxes: str
         raise ValueError(f"--dicom {dicom}: not a directory")
     if out == dicom or dicom in out.parents:
         raise ValueError(f"--out {out} lies inside the DICOM tree {dicom}; the source is read-only")
-    if cfg.crop == "tumour" and boxes is None:
-        raise ValueError("crop='tumour' needs tumour boxes: pass --boxes Annotation_Boxes.xlsx (or use crop: breast)")
+    if masks is not None and not Path(masks).is_dir():
+        raise ValueError(f"--masks {masks}: not a folder of NIfTI masks")
     return dicom, out
 
 
@@ -240,6 +260,8 @@ def _report(res: PrepareResult, dicom: Path, options: PipelineOptions) -> dict[s
             "ignored_files": [{"file": os.path.relpath(d["file"], dicom), "reason": d["reason"]}
                               for d in res.ignored_files],
             "clinical_issues": [{k: str(v) for k, v in i.items()} for i in res.clinical_issues],
+            "unreadable_folders": [{"folder": os.path.relpath(u["folder"], dicom), "reason": u["reason"]}
+                                   for u in res.unreadable],
             "n_files": res.n_files, "n_bytes": res.n_bytes, "seconds": round(res.seconds, 2),
             "unlabelled_policy": "kept" if options.keep_unlabelled else "skipped"}
 

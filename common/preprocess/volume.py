@@ -15,44 +15,89 @@ from common.preprocess.dicom_series import Phase
 _INTERP = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 
 
-def read_pixels(path: str) -> np.ndarray:
-    """One slice's pixel values as float32, RescaleSlope/Intercept applied; DicomError naming the file."""
+def _syntax(ds: pydicom.Dataset) -> str:
+    """The file's transfer syntax as 'name (UID)' for messages."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return f"{ts.name} ({ts})" if ts is not None else "unknown transfer syntax (no file meta)"
+
+
+def _decode(ds: pydicom.Dataset, path: str) -> np.ndarray:
+    """Stored pixel values (frames, rows, cols) as float32: uncompressed 16-bit read directly (fast path),
+    everything else through pydicom's decoders (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle,
+    pyjpegls). DicomError naming the file and the transfer syntax when no decoder can."""
+    ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+    signed = bool(ds.get("PixelRepresentation", 0))
+    stored = int(ds.get("BitsStored", 16) or 16)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        if ts is not None and not ts.is_compressed and ds.get("BitsAllocated") == 16 and \
+                ds.get("SamplesPerPixel", 1) == 1 and (stored == 16 or not signed):
+            dtype = np.dtype("<i2" if signed else "<u2")
+            if not ts.is_little_endian:
+                dtype = dtype.newbyteorder(">")
+            n = int(ds.Rows) * int(ds.Columns) * frames
+            raw = np.frombuffer(ds.PixelData, dtype=dtype)
+            if raw.size < n:
+                raise ValueError(f"PixelData holds {raw.size} values, expected {n}")
+            raw = raw[:n] if stored == 16 else raw[:n] & np.uint16((1 << stored) - 1)  # unused high bits
+            return raw.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise DicomError(f"{path}: cannot decode pixel data in {_syntax(ds)} ({type(exc).__name__}: "
+                         f"{exc})") from exc
+    return arr.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
+
+
+def _rescale(arr: np.ndarray, item: object) -> np.ndarray:
+    slope = float(getattr(item, "RescaleSlope", 1.0) or 1.0)
+    inter = float(getattr(item, "RescaleIntercept", 0.0) or 0.0)
+    return arr * slope + inter if (slope != 1.0 or inter != 0.0) else arr
+
+
+def read_frames(path: str) -> np.ndarray:
+    """All frames of one file (frames, rows, cols) as float32, Rescale Slope/Intercept applied (top-level,
+    or per frame / shared in the Pixel Value Transformation functional group of an Enhanced MR)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
         raise DicomError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     if "PixelData" not in ds:
         raise DicomError(f"{path}: missing pixel data (no PixelData element)")
-    try:
-        ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
-        signed = bool(ds.get("PixelRepresentation", 0))
-        stored = int(ds.get("BitsStored", 16) or 16)
-        if ts is not None and not ts.is_compressed and ds.get("BitsAllocated") == 16 and \
-                ds.get("SamplesPerPixel", 1) == 1 and (stored == 16 or not signed):
-            dtype = np.dtype("<i2" if signed else "<u2")
-            if not ts.is_little_endian:
-                dtype = dtype.newbyteorder(">")
-            n = int(ds.Rows) * int(ds.Columns)
-            raw = np.frombuffer(ds.PixelData, dtype=dtype)
-            if raw.size < n:
-                raise ValueError(f"PixelData holds {raw.size} values, expected {n}")
-            raw = raw[:n] if stored == 16 else raw[:n] & np.uint16((1 << stored) - 1)  # unused high bits
-            arr = raw.reshape(int(ds.Rows), int(ds.Columns)).astype(np.float32)
-        else:
-            arr = ds.pixel_array.astype(np.float32)
-    except Exception as exc:
-        raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if slope != 1.0 or inter != 0.0:
-        arr = arr * slope + inter
+    arr = _decode(ds, path)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        return _rescale(arr, ds)
+    shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    for k in range(arr.shape[0]):
+        pvt = per_frame[k].get("PixelValueTransformationSequence") if k < len(per_frame) else None
+        if pvt is None and shared is not None:
+            pvt = shared.get("PixelValueTransformationSequence")
+        if pvt:
+            arr[k] = _rescale(arr[k], pvt[0])
     return arr
+
+
+def read_pixels(path: str, frame: int | None = None) -> np.ndarray:
+    """One slice's pixel values as float32 (frame ``frame`` of a multi-frame file), rescaled;
+    DicomError naming the file (and the transfer syntax when it cannot be decoded)."""
+    arr = read_frames(path)
+    return arr[frame or 0]
 
 
 def phase_image(phase: Phase) -> sitk.Image:
     """The phase as a float32 SimpleITK image: voxel (i, j, k) = (column, row, slice ordered along the
-    normal); origin = first slice's ImagePositionPatient; direction = [row dir, column dir, normal]."""
-    arr = np.stack([read_pixels(p) for p in phase.files])
+    normal); origin = first slice's ImagePositionPatient; direction = [row dir, column dir, normal].
+    A multi-frame (Enhanced MR) file is decoded once for all its frames."""
+    cache: dict[str, np.ndarray] = {}
+    planes = []
+    for s in phase.slices:
+        if s.frame is None:
+            planes.append(read_pixels(s.path))
+            continue
+        if s.path not in cache:
+            cache[s.path] = read_frames(s.path)
+        planes.append(cache[s.path][s.frame])
+    arr = np.stack(planes)
     h = phase.slices[0]
     img = sitk.GetImageFromArray(arr)
     u, v = np.asarray(h.iop[:3]), np.asarray(h.iop[3:])
@@ -131,4 +176,4 @@ def from_array(arr: np.ndarray, like: sitk.Image) -> sitk.Image:
 
 
 __all__ = ["box_centre", "from_array", "mask_centre", "n4_field", "onto", "output_grid", "phase_image",
-           "read_pixels", "same_grid", "to_array"]
+           "read_frames", "read_pixels", "same_grid", "to_array"]
