@@ -20,7 +20,7 @@ class LocalGrid(Grid):
     """Sites by name; node ids 101, 102, ... in the order given."""
 
     def __init__(self, sites: Mapping[str, Path], run_config: Mapping[str, Any],
-                 faults: Mapping[str, Fault] | None = None) -> None:
+                 faults: Mapping[str, Fault] | None = None, state_root: Path | None = None) -> None:
         from client.app import make_client_app
 
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
@@ -28,8 +28,11 @@ class LocalGrid(Grid):
         self.run_config = dict(run_config)
         self.nodes: dict[int, tuple[str, Context]] = {}
         for i, (name, path) in enumerate(sites.items()):
-            ctx = Context(run_id=1, node_id=101 + i, node_config={"data-path": str(path), "site-name": name},
-                          state=RecordDict(), run_config=self.run_config)
+            node_config = {"data-path": str(path), "site-name": name}
+            if state_root is not None:
+                node_config["state-dir"] = str(Path(state_root) / name)
+            ctx = Context(run_id=1, node_id=101 + i, node_config=node_config, state=RecordDict(),
+                          run_config=self.run_config)
             self.nodes[101 + i] = (name, ctx)
         self.faults = dict(faults or {})
         self.offline: set[int] = set()
