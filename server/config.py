@@ -55,7 +55,7 @@ class FederationConfig:
     norm_bound: float = 10.0
     #: From this many valid train replies up, fedavg / fedprox / fedbn aggregate with a trimmed mean that
     #: cuts at least one site from each end (0 = never); see docs/fault-tolerance.md for the measurement.
-    robust_from: int = 5
+    robust_from: int = 3
     seed: int = _SITE.seed
     #: Where checkpoints, metrics.jsonl and the final bundle go (the ServerApp's machine).
     out_dir: str = "fedpcr-runs/federated"
