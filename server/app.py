@@ -207,7 +207,7 @@ def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> T
         return TrainOutcome(None, None, sites, faults, f"{len(check.accepted)} valid update(s) < min-replies "
                             f"{cfg.min_replies} (sent to {len(sent)} node(s))")
     before = copy.deepcopy(strategy_state(strategy))
-    agg_arrays, agg_metrics = aggregate_train(strategy, cfg, rnd, check.accepted)
+    agg_arrays, agg_metrics = aggregate_train(strategy, cfg, rnd, check.accepted, len(check.invalid))
     if agg_arrays is None:
         restore_strategy_state(strategy, before)
         return TrainOutcome(None, None, sites, faults, "the strategy returned no aggregate")

@@ -71,24 +71,29 @@ def uses_local_norm(cfg: FederationConfig) -> bool:
 MEAN_STRATEGIES = ("fedavg", "fedprox", "fedbn")
 
 
-def trim_fraction(cfg: FederationConfig, n_replies: int) -> float | None:
+def trim_fraction(cfg: FederationConfig, n_replies: int, n_rejected: int = 0) -> float | None:
     """The FedTrimmedAvg beta for a round with ``n_replies`` valid updates, or None for the configured strategy.
 
-    The beta returned always cuts at least one site per end (``int(beta * n) >= 1``) and never all of them.
+    The trimming budget is ``max(1, int(trim_beta * n))`` bad sites per end over the ``n`` sites that
+    answered; sites already rejected by validation (``n_rejected``) count against it, so a round that lost
+    its poisoned site to validation does not also throw away honest sites (measured: docs/fault-tolerance.md).
+    The beta returned cuts that many per end (``int(beta * n_replies)``) and never all of them.
     """
-    robust = cfg.strategy == "fedtrimmedavg" and n_replies >= 3
-    robust |= cfg.strategy in MEAN_STRATEGIES and cfg.robust_from > 0 and n_replies >= max(cfg.robust_from, 3)
-    if not robust:
+    total = n_replies + n_rejected
+    robust = cfg.strategy == "fedtrimmedavg"
+    robust |= cfg.strategy in MEAN_STRATEGIES and cfg.robust_from > 0 and total >= cfg.robust_from
+    if not robust or n_replies < 3:
         return None
-    cut = max(1, int(cfg.trim_beta * n_replies))
-    cut = min(cut, (n_replies - 1) // 2)
+    cut = min(max(1, int(cfg.trim_beta * total)) - n_rejected, (n_replies - 1) // 2)
+    if cut <= 0:
+        return None
     return (cut + 0.25) / n_replies  # int(beta * n) == cut, and beta < 0.5
 
 
-def aggregate_train(strategy: Strategy, cfg: FederationConfig, rnd: int, replies: Sequence[Message]
-                    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+def aggregate_train(strategy: Strategy, cfg: FederationConfig, rnd: int, replies: Sequence[Message],
+                    n_rejected: int = 0) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Aggregate validated train replies with the configured strategy or, when due, a trimmed mean."""
-    beta = trim_fraction(cfg, len(replies))
+    beta = trim_fraction(cfg, len(replies), n_rejected)
     if beta is None:
         return strategy.aggregate_train(rnd, replies)
     trimmed: Any = FedTrimmedAvg(beta=beta, weighted_by_key=NUM_EXAMPLES)

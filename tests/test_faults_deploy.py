@@ -31,16 +31,16 @@ from test_deploy import BIN, MODEL_JSON, TRAIN_JSON, Procs, free_ports, wait_for
 pytestmark = pytest.mark.slow
 SITES = ("HOSPA", "HOSPB", "HOSPC")
 #: Round policy of these runs: a vanished site costs at most ROUND_TIMEOUT per phase and NODE_WAIT per round.
-ROUND_TIMEOUT, NODE_WAIT = 60, 20
+ROUND_TIMEOUT, NODE_WAIT = 240, 20
 
 
-def _server_cmd(certs: Path, port: int, out: Path, rounds: int, min_nodes: int) -> list[str]:
-    return [str(BIN / "fedpcr-server"), "--certs", str(certs), "--port", str(port), "--out-dir", str(out),
+def _server_cmd(certs, port: int, out: Path, rounds: int, min_nodes: int) -> list[str]:
+    return [str(BIN / "fedpcr-server"), "--certs", str(certs.ca_cert.parent), "--port", str(port), "--out-dir", str(out),
             "--rounds", str(rounds), "--min-nodes", str(min_nodes), "--set", "initial-eval=false",
             "--set", f"model-config='{MODEL_JSON}'", "--set", f"train-config='{TRAIN_JSON}'",
             "--set", f"round-timeout={ROUND_TIMEOUT}.0", "--set", f"node-wait={NODE_WAIT}.0", "--set", "min-replies=2",
             "--set", "run-timeout=900.0", "--register",
-            *(str(certs / f"{s.lower()}.pub") for s in SITES)]
+            *(str(certs.node_keys[s.lower()][1]) for s in SITES)]
 
 
 def _client(procs: Procs, tmp: Path, certs, name: str, cache: Path, link: int, port: int, log: str = "") -> subprocess.Popen:
@@ -76,7 +76,7 @@ def test_late_coordinator_dead_and_returning_hospital(setup, tmp_path: Path) -> 
         assert all(c.poll() is None for c in clients.values()), "a client gave up before the coordinator started"
         server_log = tmp_path / "server.log"
         t0 = time.time()
-        server = procs.start(_server_cmd(tmp_path / "certs", link, out, rounds=4, min_nodes=3), server_log)
+        server = procs.start(_server_cmd(certs, link, out, rounds=4, min_nodes=3), server_log)
         clients["HOSPC"] = _client(procs, tmp_path, certs, "HOSPC", caches["HOSPC"], link, ports[2])
         wait_for(lambda: len(_rows(out)) >= 1 or server.poll() is not None, 400, "round 1")
         assert _rows(out)[0]["train_sites"] == list(SITES), server_log.read_text()[-4000:]
@@ -110,7 +110,7 @@ def test_coordinator_sigkill_resume_exactly_once(setup, tmp_path: Path) -> None:
     try:
         for i, s in enumerate(SITES):
             _client(procs, tmp_path, certs, s, caches[s], link, ports[i])
-        cmd = _server_cmd(tmp_path / "certs", link, out, rounds=3, min_nodes=3)
+        cmd = _server_cmd(certs, link, out, rounds=3, min_nodes=3)
         first = procs.start(cmd, tmp_path / "server1.log")
         wait_for(lambda: len(_rows(out)) >= 1 or first.poll() is not None, 400, "round 1")
         tree = [first.pid, *descendants(first.pid)]

@@ -38,7 +38,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cache(tmp_path_factory.mktemp("heldout"), "HELDOUT", n=40, seed=99, signal="both", strength=2.0)
+    return make_cache(tmp_path_factory.mktemp("heldout"), "HELDOUT", n=100, seed=99, signal="both", strength=2.0)
 
 
 def _run(sites: dict[str, Path], out: Path, strategy: str = "fedavg", rounds: int = 3, faults=None,

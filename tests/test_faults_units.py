@@ -131,6 +131,10 @@ def test_trim_fraction_cuts_at_least_one_site() -> None:
         assert 0 < beta < 0.5 and int(beta * n) == max(1, int(0.2 * n))
     fedavg = FederationConfig(strategy="fedavg", robust_from=5)
     assert trim_fraction(fedavg, 4) is None and int(trim_fraction(fedavg, 5) * 5) == 1
+    # a site already rejected by validation uses up the trimming budget: the 4 honest ones are averaged
+    assert trim_fraction(fedavg, 4, n_rejected=1) is None
+    assert int(trim_fraction(cfg, 9, n_rejected=1) * 9) == 1  # 10 answered: budget 2 per end, 1 used by validation
+    assert trim_fraction(cfg, 8, n_rejected=2) is None
     assert trim_fraction(FederationConfig(strategy="fedadam"), 10) is None
 
 
