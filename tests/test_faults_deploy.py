@@ -31,7 +31,7 @@ from test_deploy import BIN, MODEL_JSON, TRAIN_JSON, Procs, free_ports, wait_for
 pytestmark = pytest.mark.slow
 SITES = ("HOSPA", "HOSPB", "HOSPC")
 #: Round policy of these runs: a vanished site costs at most ROUND_TIMEOUT per phase and NODE_WAIT per round.
-ROUND_TIMEOUT, NODE_WAIT = 240, 20
+ROUND_TIMEOUT, NODE_WAIT = 240, 120
 
 
 def _server_cmd(certs, port: int, out: Path, rounds: int, min_nodes: int) -> list[str]:
@@ -39,7 +39,7 @@ def _server_cmd(certs, port: int, out: Path, rounds: int, min_nodes: int) -> lis
             "--rounds", str(rounds), "--min-nodes", str(min_nodes), "--set", "initial-eval=false",
             "--set", f"model-config='{MODEL_JSON}'", "--set", f"train-config='{TRAIN_JSON}'",
             "--set", f"round-timeout={ROUND_TIMEOUT}.0", "--set", f"node-wait={NODE_WAIT}.0", "--set", "min-replies=2",
-            "--set", "run-timeout=900.0", "--register",
+            "--set", "run-timeout=3000.0", "--register",
             *(str(certs.node_keys[s.lower()][1]) for s in SITES)]
 
 
@@ -76,9 +76,9 @@ def test_late_coordinator_dead_and_returning_hospital(setup, tmp_path: Path) -> 
         assert all(c.poll() is None for c in clients.values()), "a client gave up before the coordinator started"
         server_log = tmp_path / "server.log"
         t0 = time.time()
-        server = procs.start(_server_cmd(certs, link, out, rounds=4, min_nodes=3), server_log)
+        server = procs.start(_server_cmd(certs, link, out, rounds=3, min_nodes=3), server_log)
         clients["HOSPC"] = _client(procs, tmp_path, certs, "HOSPC", caches["HOSPC"], link, ports[2])
-        wait_for(lambda: len(_rows(out)) >= 1 or server.poll() is not None, 400, "round 1")
+        wait_for(lambda: len(_rows(out)) >= 1 or server.poll() is not None, 900, "round 1")
         assert _rows(out)[0]["train_sites"] == list(SITES), server_log.read_text()[-4000:]
         # HOSPC dies (its whole SuperNode tree)
         t_kill = time.time()
@@ -90,10 +90,10 @@ def test_late_coordinator_dead_and_returning_hospital(setup, tmp_path: Path) -> 
         assert row2["train_sites"] == ["HOSPA", "HOSPB"] and "HOSPC" in row2["failed_sites"], row2
         # HOSPC comes back and takes part again from a later round
         _client(procs, tmp_path, certs, "HOSPC", caches["HOSPC"], link, ports[3], log="HOSPC-restarted")
-        server.wait(timeout=900)
+        server.wait(timeout=1500)
         assert server.returncode == 0, server_log.read_text()[-6000:]
         rows = _rows(out)
-        assert [r["round"] for r in rows] == [1, 2, 3, 4]
+        assert [r["round"] for r in rows] == [1, 2, 3]
         assert rows[-1]["train_sites"] == list(SITES), rows[-1]
         print(json.dumps({"run_s": round(time.time() - t0, 1), "kill_to_next_round_s": round(t_recovered - t_kill, 1),
                           "rounds": [(r["round"], r["train_sites"], r["failed_sites"], round(r["time_s"], 1))
@@ -112,7 +112,7 @@ def test_coordinator_sigkill_resume_exactly_once(setup, tmp_path: Path) -> None:
             _client(procs, tmp_path, certs, s, caches[s], link, ports[i])
         cmd = _server_cmd(certs, link, out, rounds=3, min_nodes=3)
         first = procs.start(cmd, tmp_path / "server1.log")
-        wait_for(lambda: len(_rows(out)) >= 1 or first.poll() is not None, 400, "round 1")
+        wait_for(lambda: len(_rows(out)) >= 1 or first.poll() is not None, 900, "round 1")
         tree = [first.pid, *descendants(first.pid)]
         superlink = json.loads((out / "fedpcr-server.pids").read_text())["superlink"]
         tree += [superlink, *descendants(superlink)]
@@ -120,7 +120,7 @@ def test_coordinator_sigkill_resume_exactly_once(setup, tmp_path: Path) -> None:
         os.kill(first.pid, signal.SIGKILL)  # no cleanup possible: SuperLink + ServerApp keep running
         first.wait(10)
         second = procs.start(cmd, tmp_path / "server2.log")  # the same command again
-        second.wait(timeout=900)
+        second.wait(timeout=1500)
         text = (tmp_path / "server2.log").read_text()
         assert second.returncode == 0, text[-6000:]
         assert "a previous fedpcr-server" in text
