@@ -9,7 +9,6 @@ exit. No torch, no Flower import.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -36,17 +35,25 @@ class Policy:
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the child's process group (its SuperExec/ClientApp children too), SIGKILL after ``timeout``."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the SuperNode and every descendant (SuperExec, ClientApp), SIGKILL after ``timeout``."""
+    from common.procs import kill_tree
+
+    if proc.poll() is None:
+        kill_tree([proc.pid], timeout)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when flwr-client dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _watch_output(proc: subprocess.Popen, fatal: threading.Event) -> None:
@@ -59,7 +66,7 @@ def _watch_output(proc: subprocess.Popen, fatal: threading.Event) -> None:
 
 
 def supervise(cmd: Sequence[str], policy: Policy) -> int:
-    """Run ``cmd`` until it exits 0 or the policy gives up; returns flwr-client's exit code."""
+    """Run ``cmd`` (restarting it) until flwr-client is stopped by a signal or the policy gives up; returns the exit code."""
     stopping = threading.Event()
     current: list[subprocess.Popen] = []
 
@@ -77,8 +84,9 @@ def supervise(cmd: Sequence[str], policy: Policy) -> int:
         attempt += 1
         started = time.monotonic()
         fatal = threading.Event()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True, bufsize=1)
+        # same process group as flwr-client (a group kill reaches it) and PDEATHSIG (a kill of flwr-client alone too)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                preexec_fn=_die_with_parent)
         current[:] = [proc]
         reader = threading.Thread(target=_watch_output, args=(proc, fatal), daemon=True)
         reader.start()
@@ -88,9 +96,9 @@ def supervise(cmd: Sequence[str], policy: Policy) -> int:
         reader.join(5)
         if stopping.is_set():
             return 128 + signal.SIGTERM
+        # any exit is restarted, code 0 included: a SuperNode whose SuperLink restarted (coordinator crash) exits
+        # "gracefully" after a 401 heartbeat and must join the new one; only flwr-client's own stop ends the loop
         why = "failed to activate (cannot join the federation)" if fatal.is_set() else f"exited with code {proc.returncode}"
-        if proc.returncode == 0 and not fatal.is_set():
-            return 0
         now = time.monotonic()
         if failing_since is None or now - started >= HEALTHY_AFTER_S:
             failing_since, backoff = started, policy.first_backoff

@@ -6,7 +6,7 @@ runtime dependency installation disabled, streams the log, and stops the SuperLi
 is over (``--keep-running`` leaves it up). The hospitals join with ``flwr-client``.
 
 Stopping it (SIGTERM, SIGINT, SIGHUP, normal exit) stops everything it started, SuperExec and ServerApp
-included (``server.procs``); after a SIGKILL, running the same command again stops the leftovers first
+included (``common.procs``); after a SIGKILL, running the same command again stops the leftovers first
 and the ServerApp resumes after the last committed round (``resume = true`` is the default).
 """
 
@@ -140,7 +140,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
     """SIGTERM the process and every descendant (any session), SIGKILL after ``timeout``."""
-    from server.procs import kill_tree
+    from common.procs import kill_tree
 
     if proc is None or proc.poll() is not None:
         return
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rc_path = write_run_config(out / "run_config.toml", _run_config(args, out))
 
-    from server.procs import reap_recorded, record
+    from common.procs import reap_recorded, record
 
     left = reap_recorded(out)
     if left:

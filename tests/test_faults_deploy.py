@@ -25,7 +25,7 @@ import pytest
 from cache_factory import make_cache
 from server.certs import make_dev_pki
 from server.checkpoint import load_checkpoint, read_metrics
-from server.procs import alive, descendants
+from common.procs import alive, descendants
 from test_deploy import BIN, MODEL_JSON, TRAIN_JSON, Procs, free_ports, wait_for
 
 pytestmark = pytest.mark.slow
