@@ -70,7 +70,7 @@ def log_refusals(replies: Iterable[Message], phase: str, rnd: int, book: SiteBoo
             node = int(msg.metadata.src_node_id)
             reason = msg.error.reason or describe_error(msg.error.code)
             site = book.name(node) if book is not None else f"node-{node}"
-            log.error("round %d %s: node %d (%s) REFUSED/FAILED: %s", rnd, phase, node, site, reason)
+            log.error("round %d %s: node %d REFUSED/FAILED (site %s): %s", rnd, phase, node, site, reason)
             out.append({"node": node, "site": site, "phase": phase, "code": int(msg.error.code), "reason": reason})
     return out
 
