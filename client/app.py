@@ -13,10 +13,11 @@ import dataclasses
 import logging
 from typing import Any, Callable, Mapping
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import make_audit_mod
+from client.local_state import check_finite_model, load_arrays, norm_state_path, save_arrays
 from client.site import PARTITION_ID, SiteLocation, SiteRefusal, check_round, locate_site
 from common.protocol import (
     ARRAYS,
@@ -59,10 +60,15 @@ class _Round:
         self.name = self.where.name or self.site.cache.site
 
     def model(self, msg: Message, context: Context) -> Any:
-        """The global model of the message, with this site's own norm layers under FedBN."""
+        """The global model of the message (refused when non-finite), with this site's own norm layers under FedBN
+        (from ``context.state``, else from the site's disk after a restart)."""
+        check_finite_model(msg.content[ARRAYS])
         local = None
         if self.rc.local_norm and LOCAL_NORM_STATE in context.state.array_records:
             local = context.state[LOCAL_NORM_STATE]
+        elif self.rc.local_norm:
+            saved = load_arrays(norm_state_path(context.node_config, self.rc.model_hash))
+            local = ArrayRecord({k: Array(v) for k, v in saved.items()}) if saved else None
         return self.task.model_from_arrays(self.model_cfg, self.train_cfg.seed, msg.content[ARRAYS], local)
 
     def reply(self, msg: Message, records: dict[str, Any]) -> Message:
@@ -97,6 +103,10 @@ def _train(r: _Round, msg: Message, context: Context) -> Message:
     out = r.task.train_local(model, r.site, r.model_cfg, train_cfg, epochs, r.rc.proximal_mu, seed)
     if r.rc.local_norm:
         context.state[LOCAL_NORM_STATE] = r.task.local_norm_arrays(model)
+        path = norm_state_path(context.node_config, r.rc.model_hash)
+        if path is not None:  # survives a SuperNode restart
+            save_arrays(path, dict(zip(context.state[LOCAL_NORM_STATE].keys(),
+                                       context.state[LOCAL_NORM_STATE].to_numpy_ndarrays())))
     metrics = MetricRecord({NUM_EXAMPLES: out["n"], TRAIN_LOSS: out["loss"]})
     return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model), METRICS: metrics})
 

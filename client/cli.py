@@ -48,8 +48,9 @@ def prepare_site(dicom: Path, clinical: Path, out: Path, extra: Sequence[str]) -
         raise SystemExit(f"flwr-client: preprocessing failed (exit code {rc}); the SuperNode was not started")
 
 
-def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | None = None) -> str:
-    """``--node-config`` value: the cache path (site label, audit directory) as TOML strings."""
+def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | None = None,
+                    state_dir: Path | None = None) -> str:
+    """``--node-config`` value: the cache path (site label, audit directory, state directory) as TOML strings."""
     from client.audit import AUDIT_DIR
     from client.site import DATA_PATH, SITE_NAME_KEY
 
@@ -58,6 +59,10 @@ def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | No
         items.append(f"{SITE_NAME_KEY}={_toml_str(site_name)}")
     if audit_dir is not None:
         items.append(f"{AUDIT_DIR}={_toml_str(str(audit_dir.resolve()))}")
+    if state_dir is not None:
+        from client.local_state import STATE_DIR
+
+        items.append(f"{STATE_DIR}={_toml_str(str(state_dir.resolve()))}")
     return " ".join(items)
 
 
@@ -65,10 +70,16 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    state = getattr(args, "state_dir", None)
+    return state if state is not None else args.data_path.parent / f".{args.data_path.name}.fedpcr-state"
+
+
 def supernode_command(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for these arguments."""
     exe = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
-    cmd = [exe, "--superlink", args.server, "--node-config", node_config_arg(args.data_path, args.site_name, args.audit_dir),
+    cmd = [exe, "--superlink", args.server, "--node-config", node_config_arg(args.data_path, args.site_name, args.audit_dir,
+                                                                  _state_dir(args)),
            "--port", str(args.port)]
     if args.insecure:
         cmd.append("--insecure")
@@ -99,7 +110,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--clinical", type=Path, help="clinical table for --dicom")
     p.add_argument("--prepare-args", default="", help="extra arguments for 'fedpcr prepare' (one quoted string)")
     p.add_argument("--max-retries", type=int, default=None, help="give up after this many connection attempts")
-    p.add_argument("--max-wait-time", type=float, default=None, help="give up after this many seconds unconnected")
+    p.add_argument("--max-wait-time", type=float, default=600.0,
+                   help="give up (exit 3) after this many seconds without a working SuperNode; it is restarted "
+                        "with backoff until then (default 600)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where this site keeps local state across restarts (FedBN norm layers; default: "
+                        "DATA_PATH/../.<site cache name>.fedpcr-state)")
     p.add_argument("--trusted-entities", type=Path, default=None, help="YAML of app publisher keys to accept")
     p.add_argument("--check-only", action="store_true", help="check the site data and print the command; do not connect")
     args = p.parse_args(argv)
@@ -118,7 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``flwr-client``; replaces itself with ``flower-supernode`` (exec)."""
+    """Entry point of ``flwr-client``: check the site, then run and watch ``flower-supernode`` (client.supervise)."""
     args = parse_args(argv)
     if args.insecure:
         print(f"{BANNER}\nWARNING: --insecure: NO TLS and NO SuperNode authentication. Model updates travel in "
@@ -139,10 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    from client.supervise import Policy, supervise
+
+    return supervise(cmd, Policy(max_wait=float(args.max_wait_time)))
 
 
 if __name__ == "__main__":

@@ -57,10 +57,14 @@ REFUSED = 4100
 #: The round config is malformed or holds a key this site does not understand; reason names the key.
 BAD_CONFIG = 4101
 
+#: The global model the server sent holds NaN/Inf; the site refuses to train or evaluate on it.
+BAD_MODEL = 4102
+
 #: Every fedpcr error code with its one-line meaning (Flower's own codes are below 100).
 ERROR_CODES: dict[int, str] = {
     REFUSED: "site refused the round (hash mismatch, missing or unreadable site data)",
     BAD_CONFIG: "site could not accept the round config (malformed value or unknown key)",
+    BAD_MODEL: "site refused a global model holding non-finite values (NaN/Inf)",
 }
 
 
@@ -291,7 +295,7 @@ __all__ = [
     "EVAL_SPLITS", "ROUND_CONFIG_KEYS",
     "NUM_EXAMPLES", "TRAIN_LOSS", "LOSS", "N_POS", "N_NEG", "TP", "FP", "TN", "FN", "COUNT_KEYS", "TEST_PREFIX",
     "AUROC", "LOCAL_NORM_STATE",
-    "REFUSED", "BAD_CONFIG", "ERROR_CODES", "describe_error", "ProtocolError",
+    "REFUSED", "BAD_CONFIG", "BAD_MODEL", "ERROR_CODES", "describe_error", "ProtocolError",
     "RoundConfig", "counts_to_lists", "counts_from_lists",
     "RUN_SEED", "RUN_LOCAL_EPOCHS", "RUN_MODEL_PRESET", "RUN_MODEL_CONFIG", "RUN_TRAIN_CONFIG", "SiteSettings",
     "json_object",

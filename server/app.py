@@ -9,10 +9,11 @@ threshold is chosen on the summed validation counts.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -22,22 +23,27 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.hashing import stable_hash
 from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
-from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc, site_name
+from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc
 from server.checkpoint import (
     append_metrics,
     load_checkpoint,
+    lock_run_dir,
+    non_finite_keys,
     restore_strategy_state,
     save_checkpoint,
     strategy_state,
     truncate_metrics,
 )
 from server.config import FederationConfig
-from server.strategies import build_strategy, uses_local_norm
+from server.rounds import NodeView, RunClock, SiteBook, exchange, missing_nodes, wait_for_nodes
+from server.strategies import aggregate_train, build_strategy, uses_local_norm
+from server.validation import Invalid, reply_site, validate_evaluate, validate_train
 
 log = logging.getLogger("flwr")  # Flower streams this logger's records to `flwr run --stream`
 
 #: FederationConfig fields that may change between a run and its resumption.
-RESUMABLE_FIELDS = ("num_server_rounds", "resume", "round_timeout", "out_dir", "eval_split", "initial_eval")
+RESUMABLE_FIELDS = ("num_server_rounds", "resume", "round_timeout", "out_dir", "eval_split", "initial_eval",
+                    "min_replies", "node_wait", "run_timeout")
 
 
 def config_fingerprint(cfg: FederationConfig) -> str:
@@ -55,16 +61,28 @@ def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
-def log_refusals(replies: Iterable[Message], phase: str, rnd: int) -> list[dict[str, Any]]:
-    """Log every error reply (refused or failed site) with its node id; return them for metrics."""
+def log_refusals(replies: Iterable[Message], phase: str, rnd: int, book: SiteBook | None = None
+                 ) -> list[dict[str, Any]]:
+    """Log every error reply (refused, failed or unavailable site) with its node id; return them for metrics."""
     out = []
     for msg in replies:
         if msg.has_error():
-            node = msg.metadata.src_node_id
+            node = int(msg.metadata.src_node_id)
             reason = msg.error.reason or describe_error(msg.error.code)
-            log.error("round %d %s: node %d REFUSED/FAILED: %s", rnd, phase, node, reason)
-            out.append({"node": int(node), "phase": phase, "code": int(msg.error.code), "reason": reason})
+            site = book.name(node) if book is not None else f"node-{node}"
+            log.error("round %d %s: node %d REFUSED/FAILED (site %s): %s", rnd, phase, node, site, reason)
+            out.append({"node": node, "site": site, "phase": phase, "code": int(msg.error.code), "reason": reason})
     return out
+
+
+def log_invalid(invalid: Iterable[Invalid], rnd: int) -> list[dict[str, Any]]:
+    """Log every rejected reply by site; return the metrics rows."""
+    rows = []
+    for bad in invalid:
+        log.error("round %d %s: site %s (node %d) sent an INVALID reply, not used: %s", rnd, bad.phase, bad.site,
+                  bad.node, bad.reason)
+        rows.append(bad.as_row())
+    return rows
 
 
 def _initial_arrays(cfg: FederationConfig) -> ArrayRecord:
@@ -89,17 +107,52 @@ def round_config(cfg: FederationConfig, phase: str = "train") -> ConfigRecord:
     return ConfigRecord(rc.to_dict())
 
 
-def _evaluate(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig,
-              timeout: float) -> tuple[RoundEvaluation, list[dict[str, Any]]]:
-    replies = list(grid.send_and_receive(
-        messages=strategy.configure_evaluate(rnd, arrays, round_config(cfg, "evaluate"), grid), timeout=timeout))
-    refused = log_refusals(replies, "evaluate", rnd)
-    agg = strategy.aggregate_evaluate(rnd, replies)  # summed counts + pooled AUROC (sum_counts_aggr)
-    ev = evaluate_replies(replies)
-    if agg is not None:
-        log.info("round %d: pooled validation AUROC %.4f from summed counts of %d patients", rnd,
-                 float(agg.get(AUROC, float("nan"))), int(agg.get(NUM_EXAMPLES, ev.n_examples)))
-    return ev, refused
+@dataclass
+class Run:
+    """What the round loop carries between rounds (config, strategy, clock, site names, declared sizes)."""
+
+    cfg: FederationConfig
+    grid: Grid
+    strategy: Any
+    clock: RunClock
+    book: SiteBook = field(default_factory=SiteBook)
+    declared: dict[str, int] = field(default_factory=dict)
+    first: bool = True
+
+    def nodes(self) -> list[int]:
+        """Nodes for the next round: min-nodes (round 1 of this process: until the run deadline), else the
+        connected ones after node-wait if they are at least min-replies; [] when the run is out of time."""
+        patience = -1.0 if self.first else float(self.cfg.node_wait)
+        self.first = False
+        return wait_for_nodes(self.grid, self.cfg.min_nodes, self.cfg.min_replies, patience, self.clock)
+
+    def learn(self, replies: Iterable[Message]) -> None:
+        """Remember which node is which site."""
+        for msg in replies:
+            if not msg.has_error():
+                self.book.learn(int(msg.metadata.src_node_id), reply_site(msg))
+
+
+def _evaluate(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int] | None = None
+              ) -> tuple[RoundEvaluation, dict[str, list[dict[str, Any]]]]:
+    """Evaluate ``arrays`` at the connected sites; (pooled result, {"refused", "invalid", "missing"} rows)."""
+    nodes = sorted(int(n) for n in run.grid.get_node_ids()) if nodes is None else nodes
+    sent = list(run.strategy.configure_evaluate(rnd, arrays, round_config(run.cfg, "evaluate"),
+                                                NodeView(run.grid, nodes))) \
+        if nodes else []
+    replies = exchange(run.grid, sent, float(run.cfg.round_timeout), run.clock)
+    run.learn(replies)
+    faults = {"refused": log_refusals(replies, "evaluate", rnd, run.book),
+              "missing": run.book.rows(missing_nodes(sent, replies), "evaluate")}
+    valid, invalid = validate_evaluate(replies)
+    faults["invalid"] = log_invalid(invalid, rnd)
+    ev = evaluate_replies(valid)
+    if valid:
+        agg = run.strategy.aggregate_evaluate(rnd, valid)  # summed counts + pooled AUROC (sum_counts_aggr)
+        if agg is not None:
+            log.info("round %d: pooled validation AUROC %.4f from summed counts of %d patients", rnd,
+                     float(agg.get(AUROC, float("nan"))), int(agg.get(NUM_EXAMPLES, ev.n_examples)))
+    return ev, faults
 
 
 def _better(value: float, best: float) -> bool:
@@ -126,18 +179,53 @@ def _start(cfg: FederationConfig, out: Path, strategy: Any, fingerprint: str
     return 1, arrays, arrays, meta, True
 
 
-def _train_round(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig
-                 ) -> tuple[ArrayRecord, Any, list[str], list[dict[str, Any]]]:
-    """One train round: (new global arrays, aggregated metrics, sites that trained, refusals)."""
-    replies = list(grid.send_and_receive(
-        messages=strategy.configure_train(rnd, arrays, round_config(cfg), grid), timeout=float(cfg.round_timeout)))
-    refused = log_refusals(replies, "train", rnd)
-    agg_arrays, agg_metrics = strategy.aggregate_train(rnd, replies)
+def _conform(arrays: ArrayRecord, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Aggregated arrays cast back to the global model's dtypes (a mean of ints is a float)."""
+    got = _numpy(arrays)
+    return {k: np.asarray(got[k]).astype(ref.dtype, copy=False).reshape(ref.shape) for k, ref in reference.items()}
+
+
+@dataclass
+class TrainOutcome:
+    """One train round: the new global arrays (None = round failed, model unchanged) and who took part."""
+
+    arrays: ArrayRecord | None
+    metrics: Any = None
+    sites: list[str] = field(default_factory=list)
+    faults: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    reason: str = ""
+
+
+def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> TrainOutcome:
+    """Send, collect (bounded), validate, aggregate; a round with < min-replies valid updates fails."""
+    cfg, strategy = run.cfg, run.strategy
+    sent = list(strategy.configure_train(rnd, arrays, round_config(cfg), NodeView(run.grid, nodes)))
+    replies = exchange(run.grid, sent, float(cfg.round_timeout), run.clock)
+    run.learn(replies)
+    reference = _numpy(arrays)
+    check = validate_train(replies, reference, run.declared, float(cfg.norm_bound))
+    faults = {"refused": log_refusals(replies, "train", rnd, run.book),
+              "missing": run.book.rows(missing_nodes(sent, replies), "train"),
+              "invalid": log_invalid(check.invalid, rnd)}
+    sites = [reply_site(m) for m in check.accepted]
+    if len(check.accepted) < cfg.min_replies:
+        return TrainOutcome(None, None, sites, faults, f"{len(check.accepted)} valid update(s) < min-replies "
+                            f"{cfg.min_replies} (sent to {len(sent)} node(s))")
+    before = copy.deepcopy(strategy_state(strategy))
+    agg_arrays, agg_metrics = aggregate_train(strategy, cfg, rnd, check.accepted, len(check.invalid))
     if agg_arrays is None:
-        raise RuntimeError(f"round {rnd}: no site returned a model update ({len(refused)} refused/failed; "
-                           "see the errors above)")
-    sites = sorted({site_name(m) for m in replies if not m.has_error()})
-    return agg_arrays, agg_metrics, sites, refused
+        restore_strategy_state(strategy, before)
+        return TrainOutcome(None, None, sites, faults, "the strategy returned no aggregate")
+    new = _conform(agg_arrays, reference)
+    bad = non_finite_keys({**new, **{f"{a}/{k}": v for a, d in strategy_state(strategy).items() for k, v in d.items()}})
+    if bad:  # cannot happen with validated finite inputs, but never let NaN into the model or optimiser state
+        restore_strategy_state(strategy, before)
+        return TrainOutcome(None, None, sites, faults, f"aggregate is non-finite in {bad[:3]}")
+    return TrainOutcome(_record(new), agg_metrics, sites, faults)
+
+
+def _failed_sites(faults: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+    return sorted({row.get("site", f"node-{row.get('node')}") for rows in faults.values() for row in rows})
 
 
 def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = None) -> Path:
@@ -145,35 +233,61 @@ def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | 
     cfg = FederationConfig.from_run_config(context.run_config, overrides)
     out = Path(cfg.out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    strategy = build_strategy(cfg)
-    timeout = float(cfg.round_timeout)
-    start, arrays, best, meta, fresh = _start(cfg, out, strategy, config_fingerprint(cfg))
+    lock = lock_run_dir(out)  # one ServerApp per run directory
+    try:
+        return _run_rounds(grid, cfg, out)
+    finally:
+        lock.close()
+
+
+def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
+    """Initial evaluation, then rounds until num-server-rounds or the run timeout; returns the bundle directory."""
+    run = Run(cfg, grid, build_strategy(cfg), RunClock(float(cfg.run_timeout)))
+    start, arrays, best, meta, fresh = _start(cfg, out, run.strategy, config_fingerprint(cfg))
+    run.declared = {str(k): int(v) for k, v in (meta.get("declared") or {}).items()}
     if fresh and cfg.initial_eval:
         t0 = time.time()
-        ev0, refused0 = _evaluate(strategy, grid, 0, arrays, cfg, timeout)
+        nodes = run.nodes()
+        ev0, faults0 = _evaluate(run, 0, arrays, nodes)
         append_metrics(out, {"round": 0, "strategy": cfg.strategy, "pooled_val_auroc": ev0.pooled_auroc,
                              "val_n": ev0.n_examples, "per_site": ev0.per_site, "train_loss": None,
-                             "refused": refused0, "time_s": time.time() - t0})
+                             **faults0, "failed_sites": _failed_sites(faults0), "time_s": time.time() - t0})
     for rnd in range(start, cfg.num_server_rounds + 1):
         t0 = time.time()
-        arrays, agg_metrics, sites, refused = _train_round(strategy, grid, rnd, arrays, cfg)
-        meta["train_sites"] = sorted(set(meta["train_sites"]) | set(sites))
-        ev, refused_eval = _evaluate(strategy, grid, rnd, arrays, cfg, timeout)
-        if _better(ev.pooled_auroc, float(meta["best_auroc"]) if meta["best_auroc"] is not None else math.nan):
-            meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
-                        best_counts=None if ev.pooled_counts is None else ev.pooled_counts.tolist())
-            best = arrays
-        row = {"round": rnd, "strategy": cfg.strategy, "pooled_val_auroc": ev.pooled_auroc,
-               "val_n": ev.n_examples, "per_site": ev.per_site,
-               "train_loss": None if agg_metrics is None else float(agg_metrics.get(TRAIN_LOSS, math.nan)),
-               "train_sites": sites, "refused": refused + refused_eval, "time_s": time.time() - t0}
-        if ev.test_counts is not None:
-            row["pooled_test_auroc"] = safe_auroc(ev.test_counts)
+        nodes = run.nodes() if not run.clock.expired() else []
+        if not nodes:
+            log.error("run timeout (run-timeout %.0f s) before round %d: stopping; the bundle holds the best "
+                      "round so far (%s)", cfg.run_timeout, rnd, meta["best_round"])
+            meta["stopped"] = f"run-timeout before round {rnd}"
+            break
+        res = _train_round(run, rnd, arrays, nodes)
+        row: dict[str, Any] = {"round": rnd, "strategy": cfg.strategy, "status": "ok" if res.arrays else "failed",
+                               "sampled": [run.book.name(n) for n in nodes], "train_sites": res.sites}
+        faults = {k: list(v) for k, v in res.faults.items()}
+        if res.arrays is None:
+            log.error("round %d FAILED: %s; the global model stays as it was", rnd, res.reason)
+            row.update(reason=res.reason, pooled_val_auroc=None, train_loss=None)
+        else:
+            arrays = res.arrays
+            meta["train_sites"] = sorted(set(meta["train_sites"]) | set(res.sites))
+            ev, eval_faults = _evaluate(run, rnd, arrays)
+            for k, v in eval_faults.items():
+                faults[k] = faults.get(k, []) + v
+            if _better(ev.pooled_auroc, float(meta["best_auroc"]) if meta["best_auroc"] is not None else math.nan):
+                meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
+                            best_counts=None if ev.pooled_counts is None else ev.pooled_counts.tolist())
+                best = arrays
+            row.update(pooled_val_auroc=ev.pooled_auroc, val_n=ev.n_examples, per_site=ev.per_site,
+                       train_loss=None if res.metrics is None else float(res.metrics.get(TRAIN_LOSS, math.nan)))
+            if ev.test_counts is not None:
+                row["pooled_test_auroc"] = safe_auroc(ev.test_counts)
+        row.update(faults, failed_sites=_failed_sites(faults), time_s=time.time() - t0)
         append_metrics(out, row)
-        save_checkpoint(out, rnd, _numpy(arrays), _numpy(best), strategy_state(strategy), meta)
-        log.info("round %d done: pooled val AUROC %.4f (best %.4f at round %s); checkpoint saved in %s",
-                 rnd, ev.pooled_auroc, meta["best_auroc"] if meta["best_auroc"] is not None else math.nan,
-                 meta["best_round"], out)
+        meta["declared"] = dict(run.declared)
+        save_checkpoint(out, rnd, _numpy(arrays), _numpy(best), strategy_state(run.strategy), meta)
+        log.info("round %d done (%s): pooled val AUROC %s (best %s at round %s); failed/missing sites: %s; "
+                 "checkpoint saved in %s", rnd, row["status"], row.get("pooled_val_auroc"), meta["best_auroc"],
+                 meta["best_round"], ", ".join(row["failed_sites"]) or "none", out)
     return write_bundle(out, cfg, best, meta)
 
 

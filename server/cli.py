@@ -4,11 +4,16 @@ Starts a SuperLink with TLS and SuperNode authentication, registers the hospital
 (``flwr supernode register``), submits the fedpcr app (``flwr run <app> fedpcr --stream``) with
 runtime dependency installation disabled, streams the log, and stops the SuperLink when the run
 is over (``--keep-running`` leaves it up). The hospitals join with ``flwr-client``.
+
+Stopping it (SIGTERM, SIGINT, SIGHUP, normal exit) stops everything it started, SuperExec and ServerApp
+included (``common.procs``); after a SIGKILL, running the same command again stops the leftovers first
+and the ServerApp resumes after the last committed round (``resume = true`` is the default).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
@@ -134,21 +139,16 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    """SIGTERM the process group, SIGKILL after ``timeout``."""
+    """SIGTERM the process and every descendant (any session), SIGKILL after ``timeout``."""
+    from common.procs import kill_tree
+
     if proc is None or proc.poll() is not None:
         return
+    kill_tree([proc.pid], timeout)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def default_app_dir() -> Path:
@@ -226,29 +226,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rc_path = write_run_config(out / "run_config.toml", _run_config(args, out))
 
+    from common.procs import reap_recorded, record
+
+    left = reap_recorded(out)
+    if left:
+        print(f"stopped {len(left)} process(es) a previous fedpcr-server on {out} left running: {left}", flush=True)
     superlink: subprocess.Popen | None = None
+    runner: subprocess.Popen | None = None
     log_fh = (out / "superlink.log").open("ab")
+
+    def _stop_all() -> None:
+        stop(runner)
+        stop(superlink)
+
+    atexit.register(_stop_all)
 
     def _terminate(signum: int, _frame: Any) -> None:  # SIGTERM/SIGHUP: stop the SuperLink on the way out
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         cmd = superlink_command(args)
         print("starting SuperLink: " + " ".join(cmd), flush=True)
         superlink = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=str(out))
+        record(out, {"superlink": superlink.pid})
         wait_for_port(connect_host, args.port, args.startup_timeout, superlink)
         if not args.insecure:
             register_nodes(args.register, env)
         app_dir = (args.app or default_app_dir()).resolve()
         run_cmd = [_exe("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(rc_path)]
         print("submitting: " + " ".join(run_cmd), flush=True)
-        res = subprocess.run(run_cmd, env=env, cwd=str(app_dir))
+        runner = subprocess.Popen(run_cmd, env=env, cwd=str(app_dir), start_new_session=True)
+        record(out, {"superlink": superlink.pid, "flwr-run": runner.pid})
+        returncode = runner.wait()
         bundle = out / "bundle" / "bundle.json"
-        ok = res.returncode == 0 and bundle.exists()
-        print(f"run {'finished' if ok else 'FAILED'}: flwr run exit {res.returncode}; bundle "
+        ok = returncode == 0 and bundle.exists()
+        print(f"run {'finished' if ok else 'FAILED'}: flwr run exit {returncode}; bundle "
               f"{'written to ' + str(bundle.parent) if bundle.exists() else 'missing'}", flush=True)
         if args.keep_running:
             print("SuperLink keeps running (Ctrl-C to stop)", flush=True)
@@ -257,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        stop(superlink)
+        _stop_all()
+        (out / "fedpcr-server.pids").unlink(missing_ok=True)
         log_fh.close()
 
 

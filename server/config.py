@@ -39,8 +39,23 @@ class FederationConfig:
     server_tau: float = 1e-3
     #: FedTrimmedAvg fraction cut from each end.
     trim_beta: float = 0.2
-    #: Seconds the server waits for replies in a round.
+    #: Seconds the server waits for replies in a round (a site that has not answered by then is "missing").
     round_timeout: float = 3600.0
+    #: A round's update is applied only when at least this many sites sent a valid reply (else the round
+    #: is recorded as failed and the global model stays as it was).
+    min_replies: int = 1
+    #: After round 1, a round waits at most this many seconds for ``min-nodes`` connected sites, then starts
+    #: with the connected ones if they are at least ``min-replies`` (round 1 waits for ``min-nodes``).
+    node_wait: float = 120.0
+    #: Whole-run limit in seconds from the (re)start of the coordinator (0 = none): rounds stop, the best
+    #: round so far becomes the bundle.
+    run_timeout: float = 172800.0
+    #: An update is rejected when its norm exceeds this multiple of the previous global model's norm, or
+    #: (with >= 3 replies) of the other sites' median update norm (0 = no norm check).
+    norm_bound: float = 10.0
+    #: From this many valid train replies up, fedavg / fedprox / fedbn aggregate with a trimmed mean that
+    #: cuts at least one site from each end (0 = never); see docs/fault-tolerance.md for the measurement.
+    robust_from: int = 3
     seed: int = _SITE.seed
     #: Where checkpoints, metrics.jsonl and the final bundle go (the ServerApp's machine).
     out_dir: str = "fedpcr-runs/federated"
@@ -60,6 +75,8 @@ class FederationConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.min_replies < 1 or self.min_nodes < 1:
+            raise ValueError(f"min-replies and min-nodes must be >= 1, got {self.min_replies}, {self.min_nodes}")
         if self.eval_split not in ("val", "test"):
             raise ValueError(f"eval-split must be 'val' or 'test', got {self.eval_split!r}")
 
