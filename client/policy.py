@@ -94,14 +94,27 @@ class SitePolicy:
                 raise ValueError(f"{source}: unknown section {key!r}; known: {sorted(sections)}")
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: section {key!r} must be a mapping, got {type(value).__name__}")
-            kwargs[name] = from_dict(sections[name].default_factory, value,  # type: ignore[misc]
-                                     source=f"{source} [{key}]")
+            kwargs[name] = from_dict(sections[name].default_factory, _floats(sections[name].default_factory, value),
+                                     source=f"{source} [{key}]")  # type: ignore[misc]
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (for printing at start and for the audit log)."""
         return {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
                 for k, v in dataclasses.asdict(self).items()}
+
+
+def _floats(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-6`` as a string: turn such values of float fields into floats (else refuse)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in values.items():
+        if kinds.get(key.replace("-", "_")) in (float, "float") and isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"policy {key!r} must be a number, got {value!r}") from None
+    return out
 
 
 def load_policy(path: str | Path | None) -> SitePolicy:
