@@ -175,7 +175,7 @@ def test_loopback_deployment_governance(tmp_path: Path) -> None:
         server_log = tmp_path / "server.log"
         registered = [keys[n.lower()][1] for n in caches]
         server = procs.start([str(BIN / "fedpcr-server"), "--certs", str(tmp_path / "certs"), "--port", str(link_port),
-                              "--out-dir", str(out), "--rounds", "2", "--min-nodes", "5", "--set", "initial-eval=false",
+                              "--out-dir", str(out), "--rounds", "1", "--min-nodes", "5", "--set", "initial-eval=false",
                               "--set", "local-epochs=2",
                               "--set", f"model-config='{MODEL_JSON}'", "--set", f"train-config='{TRAIN_JSON}'",
                               "--register", *map(str, registered)], server_log)
@@ -196,7 +196,7 @@ def test_loopback_deployment_governance(tmp_path: Path) -> None:
         intruder = client("INTRUDER", "intruder", caches["HOSPA"], node_ports[5], "--policy", str(pol["HOSPA"]),
                           "--max-retries", "2", "--max-wait-time", "30")
 
-        server.wait(timeout=420)
+        server.wait(timeout=780)  # ~2.5 min on an idle 2-core machine; ClientApp start-ups dominate
         text = server_log.read_text()
         assert server.returncode == 0, text[-6000:]
         assert "site policy:" in (tmp_path / "HOSPPOL.log").read_text()  # the policy is printed at start
@@ -206,7 +206,7 @@ def test_loopback_deployment_governance(tmp_path: Path) -> None:
         assert intruder.returncode != 0 and "Failed to activate SuperNode" in intruder_log, intruder_log[-3000:]
 
         rows = read_metrics(out)
-        assert [r["round"] for r in rows] == [1, 2]
+        assert [r["round"] for r in rows] == [1]
         assert all(set(r["per_site"]) == set(good) for r in rows), rows
         errors = json.dumps(rows)
         assert str(POLICY_LOCAL_EPOCHS) in errors and str(APP_NOT_APPROVED) in errors, errors[-3000:]
