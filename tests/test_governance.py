@@ -138,3 +138,54 @@ def test_server_refuses_insecure_off_loopback_and_keeps_ca_key_apart(tmp_path: P
     make_dev_pki(tmp_path / "certs", [])
     assert (tmp_path / "certs" / CA_KEY).is_file() and not (tmp_path / "certs" / "ca.key").exists()
     assert not (tmp_path / "certs" / "nodes").exists()  # no hospital keys made by the coordinator
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-6 as a string; the policy loader turns it into the float the hospital meant."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("training:\n  lr_min: 1e-6\n  lr_max: 2e-3\n")
+    pol = load_policy(path)
+    assert pol.training.lr_min == 1e-6 and pol.training.lr_max == 2e-3
+    path.write_text("training:\n  lr_max: fast\n")
+    with pytest.raises(ValueError, match="lr_max"):
+        load_policy(path)
+
+
+def test_supernode_refuses_an_unapproved_bundle_before_storing_it(tmp_path: Path) -> None:
+    """Flower's own SuperNode loop with the app-hash check: a FAB differing by one byte from the approved one
+    is answered with APP_NOT_APPROVED, never stored (so never executed), and recorded in the audit log."""
+    import time
+
+    import flwr.supernode.start_client_internal as sci
+    from flwr.app import Message, Metadata, RecordDict
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from client.approval import fab_sha256, pinned_pull
+    from common.audit_chain import read_entries
+    from common.protocol import APP_NOT_APPROVED
+
+    approved_fab = b"PK approved app bundle"
+    sent_fab = bytearray(approved_fab)
+    sent_fab[-1] ^= 1
+    stores = ObjectStoreFactory()
+    state, store = NodeStateFactory(objectstore_factory=stores).state(), stores.store()
+    state.set_node_id(42)
+    md = Metadata(run_id=9, message_id="m1", src_node_id=1, dst_node_id=42, reply_to_message_id="", group_id="1",
+                  created_at=time.time(), ttl=3600.0, message_type="train")
+    msg = Message(content=RecordDict(), metadata=md)
+    run = Run.create_empty(9)
+    run.fab_hash = fab_sha256(bytes(sent_fab))
+    pull = pinned_pull(sci._pull_and_store_message, {fab_sha256(approved_fab)}, tmp_path)
+    run_id = pull(state=state, object_store=store, node_config={}, receive=lambda: (msg, None),
+                  get_run=lambda rid: run, get_fab=lambda h, rid: Fab(h, bytes(sent_fab), {}),
+                  pull_object=None, confirm_message_received=None, trusted_entities=None)
+    assert run_id == 9
+    replies = state.get_messages_legacy(is_reply=True)
+    assert len(replies) == 1 and replies[0].error.code == APP_NOT_APPROVED
+    assert state.get_run(9) is None  # neither the run nor its FAB was stored: nothing can start the app
+    app = read_entries(tmp_path, "app")
+    assert app[0]["fab_hash"] == run.fab_hash and app[0]["approved"] is False
+    assert read_entries(tmp_path, "reply")[0]["error"]["code"] == APP_NOT_APPROVED
