@@ -60,11 +60,12 @@ def check_round(settings: SiteSettings, site: SiteLocation, rc: RoundConfig) -> 
         raise SiteRefusal(str(exc), public="site data missing or unreadable") from exc
     mine_model = settings.model().hash()
     name = site.name or Path(site.path).name
+    label = f"site {site.name} refuses: " if site.name else ""  # the label every reply carries; never the path
     if rc.prep_hash != mine_prep:
         short = f"preprocessing hash mismatch: server prep-hash {rc.prep_hash or '(none)'} != site {mine_prep}"
         raise SiteRefusal(f"site {name} refuses: {short}; re-prepare the site's data with the federation's "
-                          "PrepConfig", public=short)
+                          "PrepConfig", public=label + short)
     if rc.model_hash != mine_model:
         short = f"model hash mismatch: server model-hash {rc.model_hash or '(none)'} != site {mine_model}"
-        raise SiteRefusal(f"site {name} refuses: {short}", public=short)
+        raise SiteRefusal(f"site {name} refuses: {short}", public=label + short)
     return mine_prep

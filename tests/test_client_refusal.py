@@ -53,7 +53,7 @@ def test_prep_hash_mismatch_refused_before_torch(cache: Path) -> None:
     out = _call(cache, {"server-round": 1, "prep-hash": "0000", "model-hash": "x"})
     assert out["error"] and out["code"] == REFUSED
     assert "preprocessing hash mismatch" in out["reason"] and "0000" in out["reason"]
-    assert PrepConfig().hash() in out["reason"]
+    assert PrepConfig().hash() in out["reason"] and "HOSP" in out["reason"]
     assert not out["torch"] and not out["pandas_data"]
 
 
