@@ -2,8 +2,11 @@
 
 The site's cache is named by the SuperNode (``--node-config 'data-path="/data/site"'``); in
 simulation a partition-id -> cache map is injected with :func:`make_client_app`. The round config
-is parsed into ``common.protocol.RoundConfig`` and the hashes checked (``client.site``) before torch
-is imported; a refusal becomes an error reply (``common.protocol`` error codes) naming the reason.
+is parsed into ``common.protocol.RoundConfig``, the hashes checked (``client.site``) and the site's
+policy applied (``client.rules`` with ``client.policy.site_policy``) before torch is imported; a refusal
+becomes an error reply with a code and a short reason free of data (``client.errors``), the details go
+to the site's own log. The outermost mod (``client.audit``) records every instruction and reply in the
+hash-chained audit log and turns ANY exception into a coded reply.
 FedBN: norm-layer parameters stay in ``context.state`` and overwrite the incoming global ones.
 """
 
@@ -13,12 +16,15 @@ import dataclasses
 import logging
 from typing import Any, Callable, Mapping
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import make_audit_mod
 from client.local_state import check_finite_model, load_arrays, norm_state_path, save_arrays
-from client.site import PARTITION_ID, SiteLocation, SiteRefusal, check_round, locate_site
+from client.errors import error_reply
+from client.policy import POLICY_FILE, SitePolicy, policy_inline, site_policy
+from client.rules import EVALUATE, TRAIN, check_policy, count_request
+from client.site import PARTITION_ID, SiteLocation, check_round, locate_site
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -28,12 +34,10 @@ from common.protocol import (
     N_NEG,
     N_POS,
     NUM_EXAMPLES,
-    REFUSED,
     SITE,
     SITE_NAME,
     TEST_PREFIX,
     TRAIN_LOSS,
-    ProtocolError,
     RoundConfig,
     SiteSettings,
     counts_to_lists,
@@ -46,11 +50,13 @@ class _Round:
     """One message's settings, site and round config, checked (hashes) before anything heavy is loaded."""
 
     def __init__(self, msg: Message, context: Context, overrides: Mapping[str, Any],
-                 sites: Mapping[int, tuple[str, str]] | None) -> None:
+                 sites: Mapping[int, tuple[str, str]] | None, kind: str) -> None:
+        counts = count_request(context.state, kind)  # refused requests count too
         self.settings = SiteSettings.from_run_config(context.run_config, overrides)
         self.where: SiteLocation = locate_site(context.node_config, sites)
         self.rc = RoundConfig.from_dict(msg.content[CONFIG])
-        check_round(self.settings, self.where, self.rc)
+        prep_hash = check_round(self.settings, self.where, self.rc)
+        check_policy(site_policy(context), self.settings, self.rc, kind, counts, prep_hash)
         from client import task  # torch from here on
 
         self.task = task
@@ -77,17 +83,13 @@ class _Round:
 
 
 def _guarded(fn: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
-    """Turn a refusal into an error reply that the server logs (instead of a crash)."""
+    """Turn ANY exception into a coded error reply without data in its reason (details to the local log)."""
 
     def wrapper(msg: Message, context: Context) -> Message:
         try:
             return fn(msg, context)
-        except (SiteRefusal, ProtocolError) as exc:
-            log.error("%s", exc)
-            return Message(error=Error(code=exc.code, reason=f"fedpcr: {exc}"), reply_to=msg)
-        except (FileNotFoundError, ValueError) as exc:
-            log.error("%s", exc)
-            return Message(error=Error(code=REFUSED, reason=f"fedpcr: {exc}"), reply_to=msg)
+        except Exception as exc:  # noqa: BLE001 - a site never crashes out with its data in the text
+            return error_reply(msg, exc)
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -126,23 +128,36 @@ def _evaluate(r: _Round, msg: Message, context: Context) -> Message:
     return r.reply(msg, {METRICS: MetricRecord(metrics)})
 
 
+def _policy_mod(policy: SitePolicy) -> Callable[[Message, Context, Callable], Message]:
+    """Mod injecting a policy (simulation) as the inline ``policy-file`` node config site_policy() reads."""
+    inline = policy_inline(policy)
+
+    def policy_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        context.node_config[POLICY_FILE] = inline
+        return call_next(msg, context)
+
+    return policy_mod
+
+
 def make_client_app(overrides: Mapping[str, Any] | None = None,
                     sites: Mapping[int, tuple[str, str]] | None = None,
-                    audit_dir: str | None = None) -> ClientApp:
-    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map and an audit log."""
+                    audit_dir: str | None = None, policy: SitePolicy | None = None) -> ClientApp:
+    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map, an audit
+    directory and a site policy (else the SuperNode's ``policy-file``; see ``client.policy.site_policy``)."""
     overrides = dict(overrides or {})
     sites = dict(sites) if sites is not None else None
-    app = ClientApp(mods=[make_audit_mod(audit_dir)])
+    mods = [make_audit_mod(audit_dir)] + ([_policy_mod(policy)] if policy is not None else [])
+    app = ClientApp(mods=mods)
 
     @app.train()
     @_guarded
     def train(msg: Message, context: Context) -> Message:
-        return _train(_Round(msg, context, overrides, sites), msg, context)
+        return _train(_Round(msg, context, overrides, sites, TRAIN), msg, context)
 
     @app.evaluate()
     @_guarded
     def evaluate(msg: Message, context: Context) -> Message:
-        return _evaluate(_Round(msg, context, overrides, sites), msg, context)
+        return _evaluate(_Round(msg, context, overrides, sites, EVALUATE), msg, context)
 
     return app
 

@@ -1,8 +1,12 @@
 """``flwr-client``: check (optionally prepare) this hospital's site cache, then run its SuperNode.
 
 TLS and SuperNode authentication are the default: ``--root-certificates`` (the federation's CA)
-and ``--auth-key`` (this hospital's private key; its ``.pub`` is registered at the SuperLink).
-``--insecure`` turns both off and must be asked for explicitly.
+and ``--auth-key`` (this hospital's private key from ``flwr-client keygen``; only its ``.pub`` goes to
+the coordinator). ``--insecure`` turns both off and must be asked for explicitly.
+Governance: ``--policy FILE`` (printed at start; the conservative default when absent) is what the
+ClientApp enforces each round, and its ``code.app_hashes`` pins the app: the SuperNode is started
+through ``client.approval`` so an unapproved bundle never executes. The audit log is on by default
+(``--audit-dir``, default ``<data-path>/audit``).
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ def prepare_site(dicom: Path, clinical: Path, out: Path, extra: Sequence[str]) -
 
 
 def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | None = None,
-                    state_dir: Path | None = None) -> str:
-    """``--node-config`` value: the cache path (site label, audit directory, state directory) as TOML strings."""
+                    state_dir: Path | None = None, policy: Path | None = None) -> str:
+    """``--node-config`` value: the cache path (site label, audit directory, state directory, policy file) as
+    TOML strings."""
     from client.audit import AUDIT_DIR
+    from client.policy import POLICY_FILE
     from client.site import DATA_PATH, SITE_NAME_KEY
 
     items = [f"{DATA_PATH}={_toml_str(str(data_path.resolve()))}"]
@@ -63,6 +69,8 @@ def node_config_arg(data_path: Path, site_name: str | None, audit_dir: Path | No
         from client.local_state import STATE_DIR
 
         items.append(f"{STATE_DIR}={_toml_str(str(state_dir.resolve()))}")
+    if policy is not None:
+        items.append(f"{POLICY_FILE}={_toml_str(str(policy.resolve()))}")
     return " ".join(items)
 
 
@@ -76,11 +84,15 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:
-    """The ``flower-supernode`` command line for these arguments."""
-    exe = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
-    cmd = [exe, "--superlink", args.server, "--node-config", node_config_arg(args.data_path, args.site_name, args.audit_dir,
-                                                                  _state_dir(args)),
-           "--port", str(args.port)]
+    """The SuperNode command line: ``flower-supernode`` behind the app-hash check (``client.approval``)
+    when the policy pins apps, plain ``flower-supernode`` when only ``--trusted-entities`` decides."""
+    node_config = node_config_arg(args.data_path, args.site_name, args.audit_dir, _state_dir(args), args.policy)
+    if getattr(args, "app_pinned", False):
+        cmd = [sys.executable, "-m", "client.approval", "--audit-dir", str(args.audit_dir.resolve())]
+        cmd += (["--policy", str(args.policy.resolve())] if args.policy else []) + ["--"]
+    else:
+        cmd = [shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))]
+    cmd += ["--superlink", args.server, "--node-config", node_config, "--port", str(args.port)]
     if args.insecure:
         cmd.append("--insecure")
     else:
@@ -101,11 +113,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data-path", required=True, type=Path, help="this site's prepared cache (fedpcr prepare --out)")
     p.add_argument("--site-name", default=None, help="site label reported with results (default: the cache's site code)")
     p.add_argument("--root-certificates", type=Path, help="the federation CA certificate (PEM)")
-    p.add_argument("--auth-key", type=Path, help="this hospital's SuperNode private key (OpenSSH, from fedpcr-certs)")
+    p.add_argument("--auth-key", type=Path, help="this hospital's SuperNode private key (OpenSSH, from "
+                   "'flwr-client keygen')")
     p.add_argument("--insecure", action="store_true", help="NO TLS and NO node authentication (local testing only)")
     p.add_argument("--port", type=int, default=9094, help="local SuperNode runtime port (unique per node on a host)")
     p.add_argument("--audit-dir", type=Path, default=None,
-                   help="keep a JSONL copy of every reply this site sends (metrics in full, arrays by sha256)")
+                   help="hash-chained audit log of every instruction and reply (default: DATA_PATH/audit); "
+                   "check it with 'fedpcr audit verify DIR'")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="site policy YAML: what this hospital accepts (default: the conservative built-in policy)")
     p.add_argument("--dicom", type=Path, help="raw DICOM tree: prepare the cache into --data-path first")
     p.add_argument("--clinical", type=Path, help="clinical table for --dicom")
     p.add_argument("--prepare-args", default="", help="extra arguments for 'fedpcr prepare' (one quoted string)")
@@ -130,12 +146,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 p.error(f"{flag}: file not found: {path}")
     if (args.dicom is None) != (args.clinical is None):
         p.error("--dicom and --clinical go together")
+    if args.policy is not None and not args.policy.is_file():
+        p.error(f"--policy: file not found: {args.policy}")
+    if args.audit_dir is None:
+        from client.audit import default_audit_dir
+
+        args.audit_dir = default_audit_dir(args.data_path)
     return args
 
 
+def show_policy(args: argparse.Namespace) -> None:
+    """Load the site policy (or the default), print it, and decide how the app is pinned."""
+    import yaml
+
+    from client.policy import load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except ValueError as exc:
+        raise SystemExit(f"flwr-client: {exc}") from None
+    source = str(args.policy) if args.policy else "built-in conservative default (no --policy given)"
+    print(f"site policy: {source}\n" + yaml.safe_dump(policy.to_mapping(), sort_keys=False).rstrip())
+    print(f"audit log: {args.audit_dir} (verify with: fedpcr audit verify {args.audit_dir})")
+    args.app_pinned = bool(policy.code.app_hashes)
+    if not args.app_pinned and not args.trusted_entities:
+        msg = ("the site policy approves no app (code.app_hashes is empty) and no --trusted-entities is given: "
+               "add the app hash the coordinator publishes (fedpcr-server --app-hash) to the policy")
+        if not args.check_only:
+            raise SystemExit(f"flwr-client: {msg}")
+        print(f"warning: {msg}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``flwr-client``: check the site, then run and watch ``flower-supernode`` (client.supervise)."""
+    """Entry point of ``flwr-client`` (``flwr-client keygen ...`` makes the hospital's key pair): check the
+    site, then run and watch the SuperNode (``client.supervise``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["keygen"]:
+        from client.keys import main as keygen
+
+        return keygen(argv[1:])
     args = parse_args(argv)
+    show_policy(args)
     if args.insecure:
         print(f"{BANNER}\nWARNING: --insecure: NO TLS and NO SuperNode authentication. Model updates travel in "
               f"clear text and anyone can join. Use only on a closed test network.\n{BANNER}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 Loaded from ``flwr-client --policy FILE`` (YAML, one mapping per section below); absent file or
 section -> the conservative defaults here. Flower-free and torch-free so it loads before anything
-heavy. Enforcement lives with the code that acts on each rule (round checks, DP, evaluation).
+heavy. Enforcement lives with the code that acts on each rule (``client/rules.py`` for the round
+checks, the SuperNode launcher ``client/approval.py`` for app hashes, the privacy code for DP/evaluation).
+The ClientApp reads the policy through :func:`site_policy` only.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -25,7 +27,7 @@ class CodePolicy:
     app_hashes: tuple[str, ...] = ()
     #: Model presets the site accepts (by name); a custom model config must match ``model_hashes``.
     model_presets: tuple[str, ...] = ("small", "paper")
-    model_hashes: tuple[str, ...] = ()
+    model_hashes: tuple[str, ...] = ()  # "*" accepts any model (simulation's open policy only)
     #: Preprocessing hashes accepted; empty = the site cache's own prep hash only.
     prep_hashes: tuple[str, ...] = ()
     #: Whether the coordinator may name a pretrained-weights path for the site to read.
@@ -92,14 +94,27 @@ class SitePolicy:
                 raise ValueError(f"{source}: unknown section {key!r}; known: {sorted(sections)}")
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: section {key!r} must be a mapping, got {type(value).__name__}")
-            kwargs[name] = from_dict(sections[name].default_factory, value,  # type: ignore[misc]
-                                     source=f"{source} [{key}]")
+            kwargs[name] = from_dict(sections[name].default_factory, _floats(sections[name].default_factory, value),
+                                     source=f"{source} [{key}]")  # type: ignore[misc]
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (for printing at start and for the audit log)."""
         return {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
                 for k, v in dataclasses.asdict(self).items()}
+
+
+def _floats(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-6`` as a string: turn such values of float fields into floats (else refuse)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in values.items():
+        if kinds.get(key.replace("-", "_")) in (float, "float") and isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"policy {key!r} must be a number, got {value!r}") from None
+    return out
 
 
 def load_policy(path: str | Path | None) -> SitePolicy:
@@ -114,3 +129,63 @@ def load_policy(path: str | Path | None) -> SitePolicy:
     if not isinstance(data, dict):
         raise ValueError(f"site policy {path} must hold a mapping of sections, got {type(data).__name__}")
     return SitePolicy.from_mapping(data, source=str(path))
+
+
+#: Node-config key naming the site policy file (``flwr-client --policy FILE`` writes it). A value that starts
+#: with ``{`` is the policy itself as inline JSON/YAML (how a simulation injects one).
+POLICY_FILE = "policy-file"
+#: Node-config key a deployment always sets (``client.site.DATA_PATH``; repeated here to stay import-free).
+_DATA_PATH = "data-path"
+
+_CACHE: dict[str, SitePolicy] = {}
+
+
+def open_policy() -> SitePolicy:
+    """A policy that accepts whatever the coordinator asks (simulation: coordinator and sites are one researcher).
+
+    Never the default of a deployment: a SuperNode started with a data path and no policy gets
+    :class:`SitePolicy`'s conservative defaults.
+    """
+    return SitePolicy(
+        code=CodePolicy(model_presets=(), model_hashes=("*",), allow_pretrained_path=True),
+        training=TrainingPolicy(max_rounds_per_run=1_000_000, max_local_epochs=1_000_000, lr_min=0.0,
+                                lr_max=1e9, min_batch_size=1),
+        evaluation=EvaluationPolicy(max_requests_per_run=1_000_000, allow_test_split=True),
+    )
+
+
+def policy_from_text(text: str, source: str = "policy") -> SitePolicy:
+    """A policy from YAML/JSON text (the inline form of the ``policy-file`` node-config value)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse site policy {source}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"site policy {source} must hold a mapping of sections, got {type(data).__name__}")
+    return SitePolicy.from_mapping(data, source=source)
+
+
+def site_policy(context: Any) -> SitePolicy:
+    """THE accessor of this site's policy (cached per process and value of the ``policy-file`` node config).
+
+    ``policy-file`` set: that file (or inline policy); else a deployment (``data-path`` set) gets the
+    conservative default; else (simulation without a policy) :func:`open_policy`.
+    """
+    node_config: Mapping[str, Any] = getattr(context, "node_config", None) or {}
+    value = node_config.get(POLICY_FILE)
+    key = str(value) if value else ("<default>" if _DATA_PATH in node_config else "<open>")
+    if key not in _CACHE:
+        if not value:
+            _CACHE[key] = SitePolicy() if key == "<default>" else open_policy()
+        elif key.lstrip().startswith("{"):
+            _CACHE[key] = policy_from_text(key, source="inline policy")
+        else:
+            _CACHE[key] = load_policy(key)
+    return _CACHE[key]
+
+
+def policy_inline(policy: SitePolicy) -> str:
+    """The inline (JSON) form of ``policy`` for the ``policy-file`` node-config value."""
+    import json
+
+    return json.dumps(policy.to_mapping())

@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("common.preprocess.cli", "main", "DICOM tree + clinical table -> harmonised site cache"),
     "train": ("common.train_cli", "main", "pooled or single-site training -> model bundle"),
     "evaluate": ("common.evaluate_cli", "main", "evaluate a model bundle on a site cache -> clinical report"),
+    "audit": ("common.audit_chain", "main", "verify a site's hash-chained audit log: fedpcr audit verify DIR"),
 }
 
 

@@ -59,12 +59,40 @@ BAD_CONFIG = 4101
 
 #: The global model the server sent holds NaN/Inf; the site refuses to train or evaluate on it.
 BAD_MODEL = 4102
+# Site-policy refusals (client/policy.py + client/rules.py): the code names the rule, the reason is short
+# and free of data; the full reason stays in the site's own log.
+POLICY_MAX_ROUNDS = 4130  #: more training rounds in this run than the site's policy allows
+POLICY_LOCAL_EPOCHS = 4131  #: more local epochs than the policy allows
+POLICY_LR = 4132  #: learning rate outside the policy's range
+POLICY_BATCH_SIZE = 4133  #: batch size below the policy's minimum
+POLICY_TEST_SPLIT = 4134  #: test-split evaluation asked for; the policy does not allow it
+POLICY_PRETRAINED = 4135  #: a pretrained-weights path from the coordinator; the policy does not allow it
+POLICY_MODEL = 4136  #: a model the site has not approved (preset / model hash)
+POLICY_PREP = 4137  #: a preprocessing hash the site has not approved
+POLICY_EVAL_REQUESTS = 4138  #: more evaluate requests in this run than the policy allows
+POLICY_DP = 4139  #: a training round without the differential privacy the policy requires
+APP_NOT_APPROVED = 4140  #: the app bundle (FAB) is not one the site approved; it was not executed
+SITE_ERROR = 4141  #: the site failed while handling the message; details only in the site's own log
+AUDIT_FAILED = 4142  #: the site could not write its audit log, so it sent nothing
 
 #: Every fedpcr error code with its one-line meaning (Flower's own codes are below 100).
 ERROR_CODES: dict[int, str] = {
     REFUSED: "site refused the round (hash mismatch, missing or unreadable site data)",
     BAD_CONFIG: "site could not accept the round config (malformed value or unknown key)",
     BAD_MODEL: "site refused a global model holding non-finite values (NaN/Inf)",
+    POLICY_MAX_ROUNDS: "site policy: max-rounds-per-run exceeded",
+    POLICY_LOCAL_EPOCHS: "site policy: max-local-epochs exceeded",
+    POLICY_LR: "site policy: learning rate outside the accepted range",
+    POLICY_BATCH_SIZE: "site policy: batch size below the minimum",
+    POLICY_TEST_SPLIT: "site policy: test-split evaluation not allowed",
+    POLICY_PRETRAINED: "site policy: pretrained-weights path not allowed",
+    POLICY_MODEL: "site policy: model not approved",
+    POLICY_PREP: "site policy: preprocessing not approved",
+    POLICY_EVAL_REQUESTS: "site policy: max-evaluate-requests-per-run exceeded",
+    POLICY_DP: "site policy: differential privacy required",
+    APP_NOT_APPROVED: "site policy: app bundle not approved (not executed)",
+    SITE_ERROR: "site error while handling the message (details in the site's log)",
+    AUDIT_FAILED: "site could not write its audit log (nothing sent)",
 }
 
 
@@ -295,7 +323,9 @@ __all__ = [
     "EVAL_SPLITS", "ROUND_CONFIG_KEYS",
     "NUM_EXAMPLES", "TRAIN_LOSS", "LOSS", "N_POS", "N_NEG", "TP", "FP", "TN", "FN", "COUNT_KEYS", "TEST_PREFIX",
     "AUROC", "LOCAL_NORM_STATE",
-    "REFUSED", "BAD_CONFIG", "BAD_MODEL", "ERROR_CODES", "describe_error", "ProtocolError",
+    "REFUSED", "BAD_CONFIG", "BAD_MODEL", "ERROR_CODES", "POLICY_MAX_ROUNDS", "POLICY_LOCAL_EPOCHS", "POLICY_LR",
+    "POLICY_BATCH_SIZE", "POLICY_TEST_SPLIT", "POLICY_PRETRAINED", "POLICY_MODEL", "POLICY_PREP",
+    "POLICY_EVAL_REQUESTS", "POLICY_DP", "APP_NOT_APPROVED", "SITE_ERROR", "AUDIT_FAILED", "describe_error", "ProtocolError",
     "RoundConfig", "counts_to_lists", "counts_from_lists",
     "RUN_SEED", "RUN_LOCAL_EPOCHS", "RUN_MODEL_PRESET", "RUN_MODEL_CONFIG", "RUN_TRAIN_CONFIG", "SiteSettings",
     "json_object",

@@ -1,6 +1,10 @@
 """``fedpcr-certs``: a development CA, a SuperLink TLS certificate and SuperNode key pairs.
 
-For development and tests only; a production deployment uses the hospital network's PKI. Formats
+For development and tests only; a production deployment uses the hospital network's PKI. The CA's
+private key is written to ``OUT/ca-private/ca.key``, apart from what the running server needs
+(``ca.crt``, ``server.pem``, ``server.key``): move that folder offline after issuing the certificate.
+Hospitals make their own SuperNode keys (``flwr-client keygen``); ``--dev-node-keys`` makes them here
+for a single-machine test only. Formats
 are what Flower 1.41 reads: PEM CA/server certificate and key (``flower-superlink --ssl-*``),
 and per-node ECDSA P-384 keys in OpenSSH format (``flower-supernode --auth-supernode-private-key``
 reads ``load_ssh_private_key``; ``flwr supernode register`` reads ``load_ssh_public_key``).
@@ -20,6 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+#: Where the CA private key goes: its own folder, never read by the running server.
+CA_KEY = "ca-private/ca.key"
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def make_ca(out: Path, days: int = 365) -> tuple[ec.EllipticCurvePrivateKey, x50
                                          key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    _write_private(out / "ca.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    _write_private(out / CA_KEY, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
     (out / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key, cert
@@ -89,7 +97,8 @@ def make_server_cert(out: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x50
 
 
 def make_node_keys(out: Path, name: str) -> tuple[Path, Path]:
-    """ECDSA P-384 key pair in OpenSSH format: ``<name>`` (private) and ``<name>.pub`` (register this)."""
+    """ECDSA P-384 key pair in OpenSSH format: ``<name>`` (private) and ``<name>.pub`` (register this).
+    Test/dev only: a hospital makes its own with ``flwr-client keygen``."""
     key = ec.generate_private_key(ec.SECP384R1())
     priv = out / name
     pub = out / f"{name}.pub"
@@ -116,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedpcr-certs", description="Development CA, SuperLink certificate and "
                                 "SuperNode authentication keys for a fedpcr federation (not for production).")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--nodes", nargs="*", default=[], help="one key pair per name (e.g. hospital codes)")
+    p.add_argument("--dev-node-keys", "--nodes", dest="nodes", nargs="*", default=[],
+                   help="DEVELOPMENT ONLY: also make SuperNode key pairs here (hospitals run 'flwr-client keygen')")
     p.add_argument("--host", action="append", default=None,
                    help="SuperLink DNS name or IP for the certificate SAN (repeatable; default localhost, 127.0.0.1)")
     p.add_argument("--days", type=int, default=365)
@@ -125,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = make_dev_pki(args.out, args.nodes, hosts, args.days)
     print(f"CA certificate   {paths.ca_cert}   (give to every hospital: --root-certificates)")
     print(f"server cert/key  {paths.server_cert} {paths.server_key}   (SuperLink only; SAN: {', '.join(hosts)})")
+    print(f"CA private key   {Path(args.out) / CA_KEY}   (NOT needed by the running server: keep it offline)")
+    if args.nodes:
+        print("WARNING: --dev-node-keys: hospital private keys made by the coordinator; for tests on one machine "
+              "only. In a deployment each hospital runs 'flwr-client keygen' and sends only its .pub file.")
     for n, (priv, pub) in paths.node_keys.items():
         print(f"node {n:<12} private {priv} (stays at the hospital)  public {pub} (register at the SuperLink)")
     return 0

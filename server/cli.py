@@ -8,12 +8,18 @@ is over (``--keep-running`` leaves it up). The hospitals join with ``flwr-client
 Stopping it (SIGTERM, SIGINT, SIGHUP, normal exit) stops everything it started, SuperExec and ServerApp
 included (``common.procs``); after a SIGKILL, running the same command again stops the leftovers first
 and the ServerApp resumes after the last committed round (``resume = true`` is the default).
+Exposure: the SuperLink itself listens on 127.0.0.1 only (its one port serves Fleet, Control and the
+ServerApp runtime); the address hospitals reach (``--host``/``--port``) is ``server.fleet_proxy``,
+which forwards the Fleet API only. ``--insecure`` is refused unless ``--host`` is a loopback address.
+App approval: the app's FAB hash (``--app-hash`` prints it; written to ``OUT/app.sha256`` at each
+run) is what hospitals list in their policy's ``code.app_hashes``.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import ipaddress
 import os
 import shutil
 import signal
@@ -68,9 +74,36 @@ def write_connection(flwr_home: Path, address: str, ca_cert: Path | None, insecu
     return path
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def app_hash(app_dir: Path) -> str:
+    """sha256 of the FAB ``flwr run`` builds from ``app_dir`` (the hash a hospital approves)."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def superlink_command(args: argparse.Namespace) -> list[str]:
-    """``flower-superlink`` command line: TLS + SuperNode auth unless ``--insecure``."""
-    cmd = [_exe("flower-superlink"), "--host", args.host, "--port", str(args.port),
+    """``flower-superlink`` command line: TLS + SuperNode auth unless ``--insecure``; on loopback behind
+    the Fleet proxy (``args.link_port``) unless insecure (then ``--host``, which must be loopback)."""
+    host, port = (args.host, args.port) if args.insecure else ("127.0.0.1", args.link_port)
+    cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     if args.insecure:
         cmd.append("--insecure")
@@ -164,11 +197,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cert", type=Path, help="SuperLink certificate (default CERTS/server.pem)")
     p.add_argument("--server-key", type=Path, help="SuperLink private key (default CERTS/server.key)")
     p.add_argument("--register", type=Path, nargs="*", default=[], help="hospital public keys (.pub) to admit")
-    p.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on (0.0.0.0 for a network)")
-    p.add_argument("--port", type=int, default=8000, help="SuperLink port (Fleet + Control + Runtime)")
+    p.add_argument("--host", default="127.0.0.1", help="address hospitals connect to (0.0.0.0 for a network); "
+                   "only the Fleet API is served there")
+    p.add_argument("--port", type=int, default=8000, help="port hospitals connect to (the Fleet API only)")
     p.add_argument("--connect-host", default=None, help="host name the CLI uses to reach the SuperLink "
-                   "(must be in the certificate SAN; default: --host, or 127.0.0.1 for 0.0.0.0)")
-    p.add_argument("--out-dir", type=Path, required=True, help="run output: checkpoints, metrics.jsonl, bundle, logs")
+                   "(a loopback name in the certificate SAN; default 127.0.0.1)")
+    p.add_argument("--out-dir", type=Path, help="run output: checkpoints, metrics.jsonl, bundle, logs (required)")
+    p.add_argument("--app-hash", action="store_true", help="print the app's FAB sha256 (what hospitals approve) "
+                   "and exit")
+    p.add_argument("--link-port", type=int, default=0, help="loopback port of the SuperLink behind the Fleet "
+                   "proxy (default: a free one)")
     p.add_argument("--app", type=Path, default=None, help="fedpcr project directory (default: this installation)")
     p.add_argument("--rounds", type=int, default=None, help="num-server-rounds")
     p.add_argument("--strategy", default=None, help="fedavg | fedprox | fedadam | fedyogi | fedbn | fedtrimmedavg | fedmedian")
@@ -180,6 +218,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-running", action="store_true", help="leave the SuperLink up after the run")
     p.add_argument("--startup-timeout", type=float, default=60.0)
     args = p.parse_args(argv)
+    if args.app_hash:
+        return args
+    if args.out_dir is None:
+        p.error("--out-dir is required")
+    if args.insecure and not is_loopback(args.host):
+        p.error(f"--insecure with --host {args.host}: refused. Without TLS and node authentication the SuperLink "
+                "may only listen on a loopback address (127.0.0.1, ::1, localhost)")
     if not args.insecure:
         c = args.certs
         args.ca_cert = args.ca_cert or (c / "ca.crt" if c else None)
@@ -212,6 +257,10 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedpcr-server``; returns 0 when the run wrote its model bundle."""
     args = parse_args(argv)
+    app_dir = (args.app or default_app_dir()).resolve()
+    if args.app_hash:
+        print(app_hash(app_dir))
+        return 0
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = (args.flwr_home or Path(os.environ.get("FLWR_HOME") or out / "flwr-home")).resolve()
@@ -221,8 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"model updates travel in clear text. Testing only.\n{BANNER}", file=sys.stderr)
         if args.register:
             print("note: --register is ignored without node authentication", file=sys.stderr)
-    connect_host = args.connect_host or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
-    write_connection(flwr_home, f"{connect_host}:{args.port}", args.ca_cert, args.insecure)
+    if args.insecure:
+        connect_host, link_port = args.connect_host or args.host, args.port
+    else:  # the CLI talks to the loopback SuperLink directly; hospitals reach only the Fleet proxy
+        connect_host, link_port = args.connect_host or "127.0.0.1", args.link_port or _free_port()
+    args.link_port = link_port
+    write_connection(flwr_home, f"{connect_host}:{link_port}", args.ca_cert, args.insecure)
 
     rc_path = write_run_config(out / "run_config.toml", _run_config(args, out))
 
@@ -233,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped {len(left)} process(es) a previous fedpcr-server on {out} left running: {left}", flush=True)
     superlink: subprocess.Popen | None = None
     runner: subprocess.Popen | None = None
+    proxy: Any = None
     log_fh = (out / "superlink.log").open("ab")
 
     def _stop_all() -> None:
@@ -253,10 +307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         superlink = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=str(out))
         record(out, {"superlink": superlink.pid})
-        wait_for_port(connect_host, args.port, args.startup_timeout, superlink)
+        wait_for_port(connect_host, link_port, args.startup_timeout, superlink)
         if not args.insecure:
+            from server.fleet_proxy import start as start_proxy
+
+            proxy = start_proxy(args.host, args.port, f"https://{connect_host}:{link_port}", args.server_cert,
+                                args.server_key, args.ca_cert)
+            wait_for_port("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host, args.port,
+                          args.startup_timeout)
+            print(f"Fleet API for hospitals: {args.host}:{args.port} (SuperLink itself on 127.0.0.1:{link_port})",
+                  flush=True)
             register_nodes(args.register, env)
-        app_dir = (args.app or default_app_dir()).resolve()
+        digest = app_hash(app_dir)
+        (out / "app.sha256").write_text(digest + "\n")
+        print(f"app sha256 {digest} (hospitals approve it in their policy code.app_hashes)", flush=True)
         run_cmd = [_exe("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(rc_path)]
         print("submitting: " + " ".join(run_cmd), flush=True)
         runner = subprocess.Popen(run_cmd, env=env, cwd=str(app_dir), start_new_session=True)
@@ -273,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if proxy is not None:
+            proxy.should_exit = True
         _stop_all()
         (out / "fedpcr-server.pids").unlink(missing_ok=True)
         log_fh.close()

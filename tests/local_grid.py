@@ -22,9 +22,11 @@ class LocalGrid(Grid):
     def __init__(self, sites: Mapping[str, Path], run_config: Mapping[str, Any],
                  faults: Mapping[str, Fault] | None = None, state_root: Path | None = None) -> None:
         from client.app import make_client_app
+        from client.policy import open_policy
 
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-        self.app = make_client_app()
+        # These emulated hospitals approved the run (the simulation's open policy); governance has its own tests.
+        self.app = make_client_app(policy=open_policy())
         self.run_config = dict(run_config)
         self.nodes: dict[int, tuple[str, Context]] = {}
         for i, (name, path) in enumerate(sites.items()):

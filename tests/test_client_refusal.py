@@ -71,5 +71,7 @@ def test_unknown_config_key_refused_before_torch(cache: Path) -> None:
 
 def test_missing_cache_file_refused_naming_it(tmp_path: Path) -> None:
     out = _call(tmp_path / "nowhere", {"server-round": 1, "prep-hash": "a", "model-hash": "b"})
-    assert out["error"] and out["code"] == REFUSED and "prep_config.json" in out["reason"]
+    # the coordinator learns that the data is missing, never the site's path (that stays in the site's log)
+    assert out["error"] and out["code"] == REFUSED and "missing or unreadable" in out["reason"]
+    assert str(tmp_path) not in out["reason"] and "nowhere" not in out["reason"]
     assert not out["torch"]

@@ -1,7 +1,7 @@
-"""A real loopback deployment through the project's own commands: ``fedpcr-certs`` material,
-``fedpcr-server`` (SuperLink with TLS + SuperNode authentication, key registration, ``flwr run``) and
-three ``flwr-client`` hospitals as separate processes. A fourth registered hospital whose cache was
-prepared differently is refused with both hashes named; a node with an unregistered key cannot join.
+"""A real loopback deployment through the project's own commands: ``fedpcr-certs`` (CA + server
+certificate), ``flwr-client keygen`` (hospital-held keys), ``fedpcr-server`` (SuperLink with TLS + SuperNode
+authentication behind the Fleet-only proxy, key registration, ``flwr run``) and five ``flwr-client``
+hospitals with their own policies as separate processes (see test_loopback_deployment_governance).
 Every process started here is killed at the end, also on failure."""
 
 from __future__ import annotations
@@ -115,59 +115,150 @@ def test_client_requires_tls_and_auth_unless_insecure(tmp_path: Path) -> None:
     assert PrepConfig().hash() in res.stdout
 
 
-def test_loopback_deployment_tls_auth(tmp_path: Path) -> None:
-    certs = make_dev_pki(tmp_path / "certs", [*(g.lower() for g in GOOD), "hospbad", "intruder"])
-    caches = {g: make_cache(tmp_path / "data", g, n=24, seed=i) for i, g in enumerate(GOOD)}
-    bad_prep = PrepConfig(spacing_mm=1.5)
-    bad_cache = make_cache(tmp_path / "data", "HOSPBAD", n=16, seed=9, prep=bad_prep)
+def _policy(path: Path, app_hashes: list[str], model_hash: str, **training: int) -> Path:
+    """A hospital's policy file approving this app and model (plus training limits)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"code": {"app_hashes": app_hashes, "model_presets": [], "model_hashes": [model_hash]},
+                                    "training": {"max_local_epochs": 2, **training}}))
+    return path
+
+
+def _one_byte_modified_fab_hash() -> str:
+    """The hash of the app bundle with one byte changed (what a site pinned to another bundle approves)."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = bytearray(build_fab_from_disk(ROOT))
+    fab[len(fab) // 2] ^= 1
+    return hashlib.sha256(bytes(fab)).hexdigest()
+
+
+def test_loopback_deployment_governance(tmp_path: Path) -> None:
+    """One real run (TLS + node auth, SuperLink behind the Fleet proxy) showing every governance rule at once:
+    HOSPA/HOSPB train; HOSPPOL's policy allows 1 local epoch (the coordinator asks 2) and refuses with the rule's
+    code; HOSPAPP approved another bundle (one byte differs) and never runs the app; HOSPBROKEN has corrupted
+    volumes and answers with a code, no patient ID or path reaching the coordinator; an unregistered key
+    cannot join; the Control API is not reachable through the hospitals' port; the audit log verifies and
+    an edited entry is named."""
+    from client.keys import generate_keypair
+    from common.protocol import APP_NOT_APPROVED, POLICY_LOCAL_EPOCHS, SiteSettings
+    from server.cli import app_hash
+
+    certs = make_dev_pki(tmp_path / "certs", [])  # CA + server certificate only: hospitals make their own keys
+    keys = {n: generate_keypair(tmp_path / "keys" / n, n) for n in ("hospb", "hosppol", "hospapp", "hospbroken",
+                                                                     "intruder")}
+    res = subprocess.run([str(BIN / "flwr-client"), "keygen", "--out", str(tmp_path / "keys" / "hospa"), "--name",
+                          "hospa"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "ecdsa-sha2-nistp384" in res.stdout, res.stdout + res.stderr
+    keys["hospa"] = (tmp_path / "keys" / "hospa" / "hospa", tmp_path / "keys" / "hospa" / "hospa.pub")
+    assert oct(keys["hospa"][0].stat().st_mode & 0o777) == "0o600"
+
+    good = ("HOSPA", "HOSPB")
+    caches = {g: make_cache(tmp_path / "data", g, n=24, seed=i) for i, g in enumerate(good)}
+    caches["HOSPPOL"] = make_cache(tmp_path / "data", "HOSPPOL", n=16, seed=5)
+    caches["HOSPAPP"] = make_cache(tmp_path / "data", "HOSPAPP", n=16, seed=6)
+    broken = caches["HOSPBROKEN"] = make_cache(tmp_path / "data", "HOSPBROKEN", n=16, seed=7, id_prefix="PTSECRET-")
+    for vol in (broken / "volumes").glob("*.npy"):  # a corrupted volume (disk error, truncated copy)
+        vol.write_bytes(b"\x93NUMPY garbage " + vol.name.encode())
+    model_hash = SiteSettings(model_config=MODEL_JSON).model().hash()
+    fab_hash = app_hash(ROOT)
+    pol = {n: _policy(tmp_path / f"{n}.yaml", [fab_hash], model_hash) for n in (*good, "HOSPBROKEN")}
+    pol["HOSPPOL"] = _policy(tmp_path / "HOSPPOL.yaml", [fab_hash], model_hash, max_local_epochs=1)
+    pol["HOSPAPP"] = _policy(tmp_path / "HOSPAPP.yaml", [_one_byte_modified_fab_hash()], model_hash)
+
     out = tmp_path / "run"
-    link_port, *node_ports = free_ports(6)
+    link_port, *node_ports = free_ports(7)
     procs = Procs()
     try:
         server_log = tmp_path / "server.log"
-        registered = [certs.node_keys[n][1] for n in (*(g.lower() for g in GOOD), "hospbad")]
+        registered = [keys[n.lower()][1] for n in caches]
         server = procs.start([str(BIN / "fedpcr-server"), "--certs", str(tmp_path / "certs"), "--port", str(link_port),
-                              "--out-dir", str(out), "--rounds", "2", "--min-nodes", "4", "--set", "initial-eval=false",
+                              "--out-dir", str(out), "--rounds", "1", "--min-nodes", "5", "--set", "initial-eval=false",
+                              "--set", "local-epochs=2",
                               "--set", f"model-config='{MODEL_JSON}'", "--set", f"train-config='{TRAIN_JSON}'",
                               "--register", *map(str, registered)], server_log)
         wait_for(lambda: "submitting:" in server_log.read_text() or server.poll() is not None, 120,
                  "SuperLink start + key registration")
         assert server.poll() is None, server_log.read_text()
+        assert f"app sha256 {fab_hash}" in server_log.read_text()
+        _control_api_not_exposed(link_port, certs.ca_cert)
 
         def client(name: str, key: str, cache: Path, port: int, *extra: str) -> subprocess.Popen:
             return procs.start([str(BIN / "flwr-client"), "--server", f"127.0.0.1:{link_port}", "--data-path",
                                 str(cache), "--site-name", name, "--root-certificates", str(certs.ca_cert),
-                                "--auth-key", str(certs.node_keys[key][0]), "--port", str(port), *extra],
+                                "--auth-key", str(keys[key][0]), "--port", str(port), *extra],
                                tmp_path / f"{name}.log")
 
         for (name, cache), port in zip(caches.items(), node_ports):
-            client(name, name.lower(), cache, port)
-        client("HOSPBAD", "hospbad", bad_cache, node_ports[3])
-        intruder = client("INTRUDER", "intruder", caches["HOSPA"], node_ports[4], "--max-retries", "2",
-                          "--max-wait-time", "30")
+            client(name, name.lower(), cache, port, "--policy", str(pol[name]))
+        intruder = client("INTRUDER", "intruder", caches["HOSPA"], node_ports[5], "--policy", str(pol["HOSPA"]),
+                          "--max-retries", "2", "--max-wait-time", "30")
 
-        server.wait(timeout=420)
+        server.wait(timeout=780)  # ~2.5 min on an idle 2-core machine; ClientApp start-ups dominate
         text = server_log.read_text()
         assert server.returncode == 0, text[-6000:]
+        assert "site policy:" in (tmp_path / "HOSPPOL.log").read_text()  # the policy is printed at start
 
-        # the unregistered key never joined
         intruder.wait(timeout=60)
         intruder_log = (tmp_path / "INTRUDER.log").read_text()
         assert intruder.returncode != 0 and "Failed to activate SuperNode" in intruder_log, intruder_log[-3000:]
 
-        # the differently-prepared site was refused, with both hashes and its node id in the server log
-        m = re.search(r"registered hospbad: .*?SuperNode (\d+) registered", text)
-        assert m, text[-4000:]
-        refusal = [ln for ln in text.splitlines() if f"node {m.group(1)} REFUSED" in ln]
-        assert refusal, text[-6000:]
-        assert PrepConfig().hash() in refusal[0] and bad_prep.hash() in refusal[0]
-
         rows = read_metrics(out)
-        assert [r["round"] for r in rows] == [1, 2]
-        assert all(set(r["per_site"]) == set(GOOD) for r in rows)
+        assert [r["round"] for r in rows] == [1]
+        assert sorted(rows[0]["train_sites"]) == sorted(good), rows
+        assert set(rows[0]["per_site"]) == {*good, "HOSPPOL"}, rows  # its policy limits training, not evaluation
+        errors = json.dumps(rows)
+        assert str(POLICY_LOCAL_EPOCHS) in errors and str(APP_NOT_APPROVED) in errors, errors[-3000:]
         bundle = load_bundle(out / "bundle")
-        assert sorted(bundle.train_sites) == sorted(GOOD)
-        assert bundle.prep_hash == PrepConfig().hash()
-        assert 0.0 < bundle.threshold < 1.0
+        assert sorted(bundle.train_sites) == sorted(good)
+
+        # nothing identifying from the corrupted site at the coordinator: no patient ID, no site path
+        stored = text + "".join(f.read_text(errors="replace") for f in out.rglob("*") if f.is_file()
+                                and f.suffix in (".jsonl", ".json", ".log", ".txt", ".toml"))
+        assert "PTSECRET" not in stored and str(broken) not in stored and "volumes" not in stored
+        assert "PTSECRET" in (tmp_path / "HOSPBROKEN.log").read_text() or str(broken) in (
+            tmp_path / "HOSPBROKEN.log").read_text()  # the details stay in the site's own log
+        _audit_checks(caches, fab_hash)
     finally:
         procs.kill_all()
+
+
+def _control_api_not_exposed(port: int, ca_cert: Path) -> None:
+    """Through the hospitals' port only /v1/fleet/ answers: Control (runs, nodes, artifacts) is 404."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca_cert))
+    for path in ("/v1/control/list-runs", "/v1/control/register-node", "/docs", "/v1/fleet/../control/list-runs"):
+        req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, context=ctx, timeout=30)
+        assert err.value.code == 404, path
+
+
+def _audit_checks(caches: dict[str, Path], fab_hash: str) -> None:
+    """Each site's audit log verifies; it records the refusals; editing one entry makes verify fail naming it."""
+    from client.audit import default_audit_dir
+    from common.audit_chain import read_entries
+
+    fedpcr = str(BIN / "fedpcr")
+    audit = default_audit_dir(caches["HOSPA"])
+    res = subprocess.run([fedpcr, "audit", "verify", str(audit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "chain intact" in res.stdout and "array bytes" in res.stdout, res.stdout
+    entries = read_entries(audit)
+    assert {"instruction", "reply", "app"} <= {e["kind"] for e in entries}
+    assert any(e["kind"] == "app" and e["fab_hash"] == fab_hash and e["approved"] for e in entries)
+    app_refusals = read_entries(default_audit_dir(caches["HOSPAPP"]), "app")
+    assert app_refusals and not any(e["approved"] for e in app_refusals)
+    assert any(e.get("error") and e["error"]["code"] == 4131 for e in read_entries(default_audit_dir(caches["HOSPPOL"])))
+
+    log = sorted(audit.glob("audit-*.jsonl"))[0]
+    lines = log.read_text().splitlines()
+    idx = next(i for i, ln in enumerate(lines) if '"train-loss"' in ln)
+    lines[idx] = re.sub(r'"train-loss": [0-9.e+-]+', '"train-loss": 0.001', lines[idx])
+    log.write_text("\n".join(lines) + "\n")
+    res = subprocess.run([fedpcr, "audit", "verify", str(audit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and f"line {idx + 1}: entry seq {idx} was edited" in res.stdout, res.stdout

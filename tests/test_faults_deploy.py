@@ -26,7 +26,7 @@ from cache_factory import make_cache
 from server.certs import make_dev_pki
 from server.checkpoint import load_checkpoint, read_metrics
 from common.procs import alive, descendants
-from test_deploy import BIN, MODEL_JSON, TRAIN_JSON, Procs, free_ports, wait_for
+from test_deploy import BIN, MODEL_JSON, ROOT, TRAIN_JSON, Procs, _policy, free_ports, wait_for
 
 pytestmark = pytest.mark.slow
 SITES = ("HOSPA", "HOSPB", "HOSPC")
@@ -43,10 +43,19 @@ def _server_cmd(certs, port: int, out: Path, rounds: int, min_nodes: int) -> lis
             *(str(certs.node_keys[s.lower()][1]) for s in SITES)]
 
 
+def _site_policy(tmp: Path, name: str) -> Path:
+    """The hospital's policy approving this app bundle and the test model (governance is on by default)."""
+    from common.protocol import SiteSettings
+    from server.cli import app_hash
+
+    return _policy(tmp / f"{name}-policy.yaml", [app_hash(ROOT)], SiteSettings(model_config=MODEL_JSON).model().hash())
+
+
 def _client(procs: Procs, tmp: Path, certs, name: str, cache: Path, link: int, port: int, log: str = "") -> subprocess.Popen:
     return procs.start([str(BIN / "flwr-client"), "--server", f"127.0.0.1:{link}", "--data-path", str(cache),
                         "--site-name", name, "--root-certificates", str(certs.ca_cert), "--auth-key",
-                        str(certs.node_keys[name.lower()][0]), "--port", str(port), "--max-wait-time", "300"],
+                        str(certs.node_keys[name.lower()][0]), "--port", str(port), "--max-wait-time", "300",
+                        "--policy", str(_site_policy(tmp, name))],
                        tmp / f"{log or name}.log")
 
 
@@ -139,6 +148,6 @@ def test_client_gives_up_clearly_without_coordinator(setup, tmp_path: Path) -> N
     res = subprocess.run([str(BIN / "flwr-client"), "--server", f"127.0.0.1:{link}", "--data-path",
                           str(caches["HOSPA"]), "--root-certificates", str(certs.ca_cert), "--auth-key",
                           str(certs.node_keys["hospa"][0]), "--port", str(port), "--max-wait-time", "20",
-                          "--max-retries", "2"], capture_output=True, text=True, timeout=180)
+                          "--max-retries", "2", "--policy", str(_site_policy(tmp_path, "HOSPA"))], capture_output=True, text=True, timeout=180)
     assert res.returncode == 3, res.stderr[-3000:]
     assert "GIVING UP" in res.stderr and "--max-wait-time" in res.stderr

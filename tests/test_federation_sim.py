@@ -34,7 +34,9 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _audit_rows(audit: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(audit.glob("replies-*.jsonl")) for line in f.read_text().splitlines()]
+    from common.audit_chain import read_entries
+
+    return read_entries(audit, "reply")
 
 
 def test_fedavg_learns_and_pooled_auroc_matches_sklearn(caches: dict[str, Path], tmp_path: Path) -> None:

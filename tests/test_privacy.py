@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cache_factory import make_cache
+from common.audit_chain import read_entries
 from common.config import TrainConfig
 from common.data import load_cache
 from common.metrics_counts import THRESHOLD_GRID
@@ -49,8 +50,8 @@ def test_replies_carry_only_arrays_and_aggregates(tmp_path: Path) -> None:
     run_federated(sites, tmp_path / "run", strategy="fedavg", num_rounds=2, model_cfg=MODEL, train_cfg=TRAIN,
                   local_epochs=1, seed=0, extra_config={"eval-split": "test"}, audit_dir=audit)
 
-    raw = "".join(f.read_text() for f in sorted(audit.glob("replies-*.jsonl")))
-    rows = [json.loads(line) for line in raw.splitlines()]
+    raw = "".join(f.read_text() for f in sorted(audit.glob("audit-*.jsonl")))  # instructions + replies
+    rows = read_entries(audit, "reply")  # verifies every hash chain
     assert {r["message_type"] for r in rows} == {"train", "evaluate"}
     assert len(rows) == 3 * (1 + 2 + 2)  # round-0 evaluate + 2 x (train + evaluate) per site
     leaked = [s for s in secrets if s in raw]

@@ -85,8 +85,10 @@ def test_counts_to_lists_refuses_non_counts() -> None:
 
 
 def test_error_codes_are_distinct_and_described() -> None:
-    codes = [P.REFUSED, P.BAD_CONFIG, P.BAD_MODEL]
-    assert len(set(codes)) == len(codes) and set(codes) == set(P.ERROR_CODES)
+    named = {k: getattr(P, k) for k in P.__all__ if k in ("REFUSED", "BAD_CONFIG", "BAD_MODEL", "SITE_ERROR", "AUDIT_FAILED",
+                                                        "APP_NOT_APPROVED") or k.startswith("POLICY_")}
+    codes = list(named.values())
+    assert len(codes) == 16 and len(set(codes)) == len(codes) and set(codes) == set(P.ERROR_CODES)
     assert all(c >= 100 for c in codes)  # Flower's own ErrorCode values are small integers
     assert "refused" in P.describe_error(P.REFUSED)
     assert "not a fedpcr code" in P.describe_error(2)
