@@ -63,7 +63,8 @@ class _Round:
         local = None
         if self.rc.local_norm and LOCAL_NORM_STATE in context.state.array_records:
             local = context.state[LOCAL_NORM_STATE]
-        return self.task.model_from_arrays(self.model_cfg, self.train_cfg.seed, msg.content[ARRAYS], local)
+        arrays = self.task.decode_record(msg.content[ARRAYS], self.rc.update_encoding)
+        return self.task.model_from_arrays(self.model_cfg, self.train_cfg.seed, arrays, local)
 
     def reply(self, msg: Message, records: dict[str, Any]) -> Message:
         content = RecordDict({**records, SITE: ConfigRecord({SITE_NAME: self.name})})
@@ -98,7 +99,7 @@ def _train(r: _Round, msg: Message, context: Context) -> Message:
     if r.rc.local_norm:
         context.state[LOCAL_NORM_STATE] = r.task.local_norm_arrays(model)
     metrics = MetricRecord({NUM_EXAMPLES: out["n"], TRAIN_LOSS: out["loss"]})
-    return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model), METRICS: metrics})
+    return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model, r.rc.update_encoding), METRICS: metrics})
 
 
 def _evaluate(r: _Round, msg: Message, context: Context) -> Message:

@@ -21,7 +21,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from common.hashing import stable_hash
-from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
+from common.encoding import EXACT, decode_arrays, encode_arrays
+from common.protocol import ARRAYS, AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
 from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc, site_name
 from server.checkpoint import (
     append_metrics,
@@ -81,14 +82,39 @@ def round_config(cfg: FederationConfig) -> ConfigRecord:
     rc = RoundConfig(prep_hash=cfg.prep().hash(), model_hash=cfg.model().hash(),
                      local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
-                     local_norm=bool(uses_local_norm(cfg)), eval_split=cfg.eval_split)
+                     local_norm=bool(uses_local_norm(cfg)), eval_split=cfg.eval_split,
+                     update_encoding=None if cfg.update_encoding == EXACT else cfg.update_encoding)
     return ConfigRecord(rc.to_dict())
+
+
+def encoded(messages: Iterable[Message], encoding: str) -> list[Message]:
+    """Outgoing messages with their arrays in ``encoding`` (the strategy keeps the exact arrays)."""
+    messages = list(messages)
+    if encoding == EXACT:
+        return messages
+    cache: dict[int, ArrayRecord] = {}
+    for msg in messages:
+        if ARRAYS in msg.content.array_records:
+            rec = msg.content[ARRAYS]
+            if id(rec) not in cache:
+                cache[id(rec)] = _record(encode_arrays(_numpy(rec), encoding))
+            msg.content[ARRAYS] = cache[id(rec)]
+    return messages
+
+
+def decoded(replies: list[Message], encoding: str) -> list[Message]:
+    """Replies with their arrays back in float32 before the strategy aggregates them."""
+    if encoding != EXACT:
+        for msg in replies:
+            if not msg.has_error() and ARRAYS in msg.content.array_records:
+                msg.content[ARRAYS] = _record(decode_arrays(_numpy(msg.content[ARRAYS]), encoding))
+    return replies
 
 
 def _evaluate(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig,
               timeout: float) -> tuple[RoundEvaluation, list[dict[str, Any]]]:
-    replies = list(grid.send_and_receive(
-        messages=strategy.configure_evaluate(rnd, arrays, round_config(cfg), grid), timeout=timeout))
+    messages = encoded(strategy.configure_evaluate(rnd, arrays, round_config(cfg), grid), cfg.update_encoding)
+    replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
     refused = log_refusals(replies, "evaluate", rnd)
     agg = strategy.aggregate_evaluate(rnd, replies)  # summed counts + pooled AUROC (sum_counts_aggr)
     ev = evaluate_replies(replies)
@@ -125,8 +151,9 @@ def _start(cfg: FederationConfig, out: Path, strategy: Any, fingerprint: str
 def _train_round(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig
                  ) -> tuple[ArrayRecord, Any, list[str], list[dict[str, Any]]]:
     """One train round: (new global arrays, aggregated metrics, sites that trained, refusals)."""
-    replies = list(grid.send_and_receive(
-        messages=strategy.configure_train(rnd, arrays, round_config(cfg), grid), timeout=float(cfg.round_timeout)))
+    messages = encoded(strategy.configure_train(rnd, arrays, round_config(cfg), grid), cfg.update_encoding)
+    replies = decoded(list(grid.send_and_receive(messages=messages, timeout=float(cfg.round_timeout))),
+                      cfg.update_encoding)
     refused = log_refusals(replies, "train", rnd)
     agg_arrays, agg_metrics = strategy.aggregate_train(rnd, replies)
     if agg_arrays is None:
