@@ -1,7 +1,7 @@
 """Data loading's share of a training step (``small`` and ``paper`` shapes), and site preparation time
 against the time to merely read the same DICOM bytes.
 
-    python benchmarks/bench_loading.py [--paper-shape 96] [--paper-n 4] [--prep-patients 3] [--skip-prep]
+    python benchmarks/bench_loading.py [--paper-shape 64] [--paper-n 4] [--prep-patients 3] [--skip-prep]
 
 Loading share: one epoch that only iterates the training DataLoader (exactly the loader ``train_epochs``
 uses: same batch size, workers, augmentation) divided by one full training epoch (load + forward +
@@ -89,7 +89,7 @@ def prep_vs_read(root: Path, patients: int, site: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small-n", type=int, default=32)
-    p.add_argument("--paper-shape", type=int, default=96, help="paper input cube (the paper crops 128; CPU: 96)")
+    p.add_argument("--paper-shape", type=int, default=64, help="paper input cube (the paper crops 128; CPU default 64)")
     p.add_argument("--paper-n", type=int, default=4)
     p.add_argument("--prep-patients", type=int, default=3)
     p.add_argument("--prep-site", default="AAI")
