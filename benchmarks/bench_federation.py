@@ -106,7 +106,7 @@ def wire_costs(model_cfg: Any, encoding: str, repeats: int = 3) -> dict[str, Any
             "n_params": sum(p.numel() for p in model.parameters())}
 
 
-def start_ray(attempts: int = 3) -> float:
+def start_ray(attempts: int = 6) -> float:
     """Start the local Ray that Flower's backend then reuses (retried: on an overloaded machine the raylet
     can miss Ray's start-up deadline); seconds taken."""
     import ray
@@ -119,6 +119,7 @@ def start_ray(attempts: int = 3) -> float:
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a start-up timeout
             print(f"Ray start attempt {k + 1} failed: {exc}", flush=True)
             ray.shutdown()
+            time.sleep(5)
     raise RuntimeError("Ray did not start")
 
 
