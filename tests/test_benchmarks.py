@@ -58,3 +58,16 @@ def test_gpu_script_cuda_check_runs_on_cpu() -> None:
     t0 = time.time()
     info = cuda_check(torch.device("cpu"))
     assert info["cuda_path_ok"] and info["conv3d_max_abs_err"] == 0.0 and time.time() - t0 < 60
+
+
+def test_ray_address_env_joins_a_cluster() -> None:
+    """FEDPCR_RAY_ADDRESS puts Ray's init address into the simulation backend config (unset: local Ray)."""
+    import os
+
+    code = "import simulation.federated as f; print(f.BACKEND_CONFIG.get('init_args'))"
+    env = {**os.environ, "FEDPCR_RAY_ADDRESS": "auto"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("{'address': 'auto'}"), out.stderr[-2000:]
+    env.pop("FEDPCR_RAY_ADDRESS")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("None"), out.stderr[-2000:]
