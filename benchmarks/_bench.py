@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -19,7 +21,9 @@ if str(ROOT) not in sys.path:
 
 def flower_env(home: Path | None = None) -> Path:
     """Private FLWR_HOME, no telemetry / update checks / runtime installs (as tests/conftest.py does)."""
-    home = Path(home or tempfile.mkdtemp(prefix="fedpcr-bench-flwr-"))
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="fedpcr-bench-flwr-"))
+        atexit.register(shutil.rmtree, home, True)
     os.environ.setdefault("FLWR_HOME", str(home))
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
