@@ -68,14 +68,15 @@ class _Round:
     def model(self, msg: Message, context: Context) -> Any:
         """The global model of the message (refused when non-finite), with this site's own norm layers under FedBN
         (from ``context.state``, else from the site's disk after a restart)."""
-        check_finite_model(msg.content[ARRAYS])
+        arrays = self.task.decode_record(msg.content[ARRAYS], self.rc.update_encoding)
+        check_finite_model(arrays)
         local = None
         if self.rc.local_norm and LOCAL_NORM_STATE in context.state.array_records:
             local = context.state[LOCAL_NORM_STATE]
         elif self.rc.local_norm:
             saved = load_arrays(norm_state_path(context.node_config, self.rc.model_hash))
             local = ArrayRecord({k: Array(v) for k, v in saved.items()}) if saved else None
-        return self.task.model_from_arrays(self.model_cfg, self.train_cfg.seed, msg.content[ARRAYS], local)
+        return self.task.model_from_arrays(self.model_cfg, self.train_cfg.seed, arrays, local)
 
     def reply(self, msg: Message, records: dict[str, Any]) -> Message:
         content = RecordDict({**records, SITE: ConfigRecord({SITE_NAME: self.name})})
@@ -110,7 +111,7 @@ def _train(r: _Round, msg: Message, context: Context) -> Message:
             save_arrays(path, dict(zip(context.state[LOCAL_NORM_STATE].keys(),
                                        context.state[LOCAL_NORM_STATE].to_numpy_ndarrays())))
     metrics = MetricRecord({NUM_EXAMPLES: out["n"], TRAIN_LOSS: out["loss"]})
-    return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model), METRICS: metrics})
+    return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model, r.rc.update_encoding), METRICS: metrics})
 
 
 def _evaluate(r: _Round, msg: Message, context: Context) -> Message:

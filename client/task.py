@@ -54,9 +54,28 @@ def _load_site(path: str, stamp: int, seed: int, val_fraction: float, test_fract
     return SiteData(cache=cache, splits=splits)
 
 
-def arrays_from_model(model: torch.nn.Module) -> ArrayRecord:
-    """State-dict-named ArrayRecord of a model (what travels to the server)."""
-    return ArrayRecord(model.state_dict())
+def arrays_from_model(model: torch.nn.Module, encoding: str | None = None) -> ArrayRecord:
+    """State-dict-named ArrayRecord of a model (what travels to the server), in the round's encoding."""
+    if encoding in (None, "exact"):
+        return ArrayRecord(model.state_dict())
+    from flwr.app import Array
+
+    from common.encoding import encode_arrays
+
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return ArrayRecord({k: Array(v) for k, v in encode_arrays(state, encoding).items()})
+
+
+def decode_record(arrays: ArrayRecord, encoding: str | None) -> ArrayRecord:
+    """An ArrayRecord received in ``encoding`` back in float32 (unchanged when exact)."""
+    if encoding in (None, "exact"):
+        return arrays
+    from flwr.app import Array
+
+    from common.encoding import decode_arrays
+
+    named = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
+    return ArrayRecord({k: Array(v) for k, v in decode_arrays(named, encoding).items()})
 
 
 def model_from_arrays(model_cfg: ModelConfig, seed: int, arrays: ArrayRecord,

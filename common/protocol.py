@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from common.encoding import ENCODINGS
+
 # ------------------------------------------------------------------ record names in a Message
 ARRAYS = "arrays"  #: ArrayRecord: model weights named as the model's state_dict (server -> site, site -> server)
 CONFIG = "config"  #: ConfigRecord: the per-round site config (server -> site; see RoundConfig)
@@ -34,6 +36,7 @@ LR = "lr"  #: float, local learning rate
 PROXIMAL_MU = "proximal-mu"  #: float, FedProx weight (Flower's FedProx spelling; 0 = plain local SGD)
 LOCAL_NORM = "local-norm"  #: bool, FedBN: the site keeps its own norm-layer parameters
 EVAL_SPLIT = "eval-split"  #: "val" | "test": evaluate also returns test-split counts when "test"
+UPDATE_ENCODING = "update-encoding"  #: str, common.encoding name ("fp16" | "bf16"); absent = exact arrays both ways
 
 EVAL_SPLITS = ("val", "test")
 
@@ -149,8 +152,14 @@ class RoundConfig:
     proximal_mu: float = 0.0
     local_norm: bool = False
     eval_split: str = "val"
+    #: Encoding of the arrays both ways this round (common.encoding); None = exact (the key is not sent).
+    update_encoding: str | None = None
 
     def __post_init__(self) -> None:
+        if self.update_encoding is not None:
+            if self.update_encoding not in ENCODINGS:
+                raise ProtocolError(f"round config {UPDATE_ENCODING!r} must be one of {ENCODINGS}, "
+                                    f"got {self.update_encoding!r}")
         if self.eval_split not in EVAL_SPLITS:
             raise ProtocolError(f"round config {EVAL_SPLIT!r} must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
         if self.local_epochs is not None and self.local_epochs < 1:
@@ -196,6 +205,7 @@ _ROUND_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     PROXIMAL_MU: ("proximal_mu", _as_float),
     LOCAL_NORM: ("local_norm", _as_bool),
     EVAL_SPLIT: ("eval_split", _as_str),
+    UPDATE_ENCODING: ("update_encoding", _as_str),
 }
 ROUND_CONFIG_KEYS = tuple(_ROUND_FIELDS)
 
@@ -320,6 +330,7 @@ def json_object(text: str, key: str) -> dict[str, Any]:
 __all__ = [
     "ARRAYS", "CONFIG", "METRICS", "SITE", "SITE_NAME",
     "SERVER_ROUND", "PREP_HASH", "MODEL_HASH", "LOCAL_EPOCHS", "LR", "PROXIMAL_MU", "LOCAL_NORM", "EVAL_SPLIT",
+    "UPDATE_ENCODING",
     "EVAL_SPLITS", "ROUND_CONFIG_KEYS",
     "NUM_EXAMPLES", "TRAIN_LOSS", "LOSS", "N_POS", "N_NEG", "TP", "FP", "TN", "FN", "COUNT_KEYS", "TEST_PREFIX",
     "AUROC", "LOCAL_NORM_STATE",

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from common.encoding import EXACT
 from common.hashing import stable_hash
 from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
 from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc
@@ -38,6 +39,7 @@ from server.config import FederationConfig
 from server.rounds import NodeView, RunClock, SiteBook, exchange, missing_nodes, wait_for_nodes
 from server.strategies import aggregate_train, build_strategy, uses_local_norm
 from server.validation import Invalid, reply_site, validate_evaluate, validate_train
+from server.wire import decoded, encoded
 
 log = logging.getLogger("flwr")  # Flower streams this logger's records to `flwr run --stream`
 
@@ -103,7 +105,8 @@ def round_config(cfg: FederationConfig, phase: str = "train") -> ConfigRecord:
     rc = RoundConfig(prep_hash=cfg.prep().hash(), model_hash=cfg.model().hash(),
                      local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
-                     local_norm=bool(uses_local_norm(cfg)) and phase == "train", eval_split=cfg.eval_split)
+                     local_norm=bool(uses_local_norm(cfg)) and phase == "train", eval_split=cfg.eval_split,
+                     update_encoding=None if cfg.update_encoding == EXACT else cfg.update_encoding)
     return ConfigRecord(rc.to_dict())
 
 
@@ -137,8 +140,8 @@ def _evaluate(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int] | None =
               ) -> tuple[RoundEvaluation, dict[str, list[dict[str, Any]]]]:
     """Evaluate ``arrays`` at the connected sites; (pooled result, {"refused", "invalid", "missing"} rows)."""
     nodes = sorted(int(n) for n in run.grid.get_node_ids()) if nodes is None else nodes
-    sent = list(run.strategy.configure_evaluate(rnd, arrays, round_config(run.cfg, "evaluate"),
-                                                NodeView(run.grid, nodes))) \
+    sent = encoded(run.strategy.configure_evaluate(rnd, arrays, round_config(run.cfg, "evaluate"),
+                                                   NodeView(run.grid, nodes)), run.cfg.update_encoding) \
         if nodes else []
     replies = exchange(run.grid, sent, float(run.cfg.round_timeout), run.clock)
     run.learn(replies)
@@ -199,8 +202,9 @@ class TrainOutcome:
 def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> TrainOutcome:
     """Send, collect (bounded), validate, aggregate; a round with < min-replies valid updates fails."""
     cfg, strategy = run.cfg, run.strategy
-    sent = list(strategy.configure_train(rnd, arrays, round_config(cfg), NodeView(run.grid, nodes)))
-    replies = exchange(run.grid, sent, float(cfg.round_timeout), run.clock)
+    sent = encoded(strategy.configure_train(rnd, arrays, round_config(cfg), NodeView(run.grid, nodes)),
+                   cfg.update_encoding)
+    replies = decoded(exchange(run.grid, sent, float(cfg.round_timeout), run.clock), cfg.update_encoding)
     run.learn(replies)
     reference = _numpy(arrays)
     check = validate_train(replies, reference, run.declared, float(cfg.norm_bound))

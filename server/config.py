@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from common.config import PrepConfig, TrainConfig, from_dict
+from common.encoding import check_encoding
 from common.models.config import ModelConfig
 from common.protocol import SiteSettings, json_object
 
@@ -71,8 +72,11 @@ class FederationConfig:
     #: JSON overrides of TrainConfig / PrepConfig fields ("" = defaults).
     train_config: str = _SITE.train_config
     prep_config: str = ""
+    #: Arrays on the wire both ways (common.encoding): "exact" (default) | "fp16" | "bf16" (half the bytes, lossy).
+    update_encoding: str = "exact"
 
     def __post_init__(self) -> None:
+        check_encoding(self.update_encoding)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.min_replies < 1 or self.min_nodes < 1:

@@ -28,6 +28,11 @@ log = logging.getLogger("fedpcr.simulation")
 #: Keep one Ray instance alive across run_federated calls (the harness calls it many times).
 KEEP_RAY_WARM = os.environ.get("FEDPCR_KEEP_RAY_WARM", "1") != "0"
 BACKEND_CONFIG: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+#: Join an existing Ray cluster (``ray start --head`` / ``ray start --address=HEAD:6379``) instead of starting
+#: a local Ray: FEDPCR_RAY_ADDRESS=auto (or HEAD:6379). Site caches must be at the same path on every node.
+RAY_ADDRESS_ENV = "FEDPCR_RAY_ADDRESS"
+if os.environ.get(RAY_ADDRESS_ENV):
+    BACKEND_CONFIG["init_args"] = {"address": os.environ[RAY_ADDRESS_ENV]}
 
 
 @dataclass
