@@ -16,11 +16,15 @@ from typing import Any, Callable, Mapping
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import privacy
 from client.audit import make_audit_mod
+from client.policy import SitePolicy, site_policy
 from client.site import PARTITION_ID, SiteLocation, SiteRefusal, check_round, locate_site
 from common.protocol import (
     ARRAYS,
     CONFIG,
+    DELTA,
+    EPSILON,
     LOCAL_NORM_STATE,
     LOSS,
     METRICS,
@@ -29,9 +33,11 @@ from common.protocol import (
     NUM_EXAMPLES,
     REFUSED,
     SITE,
+    SITE_AUROC,
     SITE_NAME,
     TEST_PREFIX,
     TRAIN_LOSS,
+    WITHHELD,
     ProtocolError,
     RoundConfig,
     SiteSettings,
@@ -45,7 +51,8 @@ class _Round:
     """One message's settings, site and round config, checked (hashes) before anything heavy is loaded."""
 
     def __init__(self, msg: Message, context: Context, overrides: Mapping[str, Any],
-                 sites: Mapping[int, tuple[str, str]] | None) -> None:
+                 sites: Mapping[int, tuple[str, str]] | None, policy: SitePolicy | None = None) -> None:
+        self.policy = policy if policy is not None else site_policy(context)
         self.settings = SiteSettings.from_run_config(context.run_config, overrides)
         self.where: SiteLocation = locate_site(context.node_config, sites)
         self.rc = RoundConfig.from_dict(msg.content[CONFIG])
@@ -94,45 +101,89 @@ def _train(r: _Round, msg: Message, context: Context) -> Message:
     lr = r.rc.lr if r.rc.lr is not None else r.train_cfg.lr
     train_cfg = r.train_cfg if lr == r.train_cfg.lr else dataclasses.replace(r.train_cfg, lr=lr)
     seed = r.train_cfg.seed * 100_003 + r.rc.server_round * 101 + int(context.node_config.get(PARTITION_ID, 0))
-    out = r.task.train_local(model, r.site, r.model_cfg, train_cfg, epochs, r.rc.proximal_mu, seed)
+    dp = _dp_round(r, context, train_cfg, epochs)
+    if dp is None:
+        out = r.task.train_local(model, r.site, r.model_cfg, train_cfg, epochs, r.rc.proximal_mu, seed)
+    else:  # DP-SGD with the site's accountant (client/privacy.py); refused before training when over budget
+        plan, accountant = dp
+        data = r.site.dataset("train", r.model_cfg, augment=train_cfg.augment, seed=seed)
+        out = privacy.train_private(model, data, train_cfg, epochs, plan, accountant, seed)
+        log.info("site %s round %d: DP-SGD epsilon spent %.3f of %.3f (delta %g)", r.name, r.rc.server_round,
+                 out["epsilon"], plan.allowed_epsilon, plan.delta)
     if r.rc.local_norm:
         context.state[LOCAL_NORM_STATE] = r.task.local_norm_arrays(model)
     metrics = MetricRecord({NUM_EXAMPLES: out["n"], TRAIN_LOSS: out["loss"]})
+    if dp is not None:
+        metrics[EPSILON], metrics[DELTA] = float(out["epsilon"]), float(out["delta"])
     return r.reply(msg, {ARRAYS: r.task.arrays_from_model(model), METRICS: metrics})
 
 
+def _dp_round(r: _Round, context: Context, train_cfg: Any, epochs: int) -> tuple[Any, Any] | None:
+    """(plan, accountant) when this round trains with DP (asked or required), budget checked; else None."""
+    n_train = len(r.site.splits["train"])
+    plan = privacy.plan_round(r.rc, r.policy.privacy, n_train, train_cfg.batch_size, epochs,
+                              r.policy.training.max_rounds_per_run)
+    if plan is None:
+        return None
+    if r.rc.proximal_mu > 0:
+        raise ProtocolError("DP-SGD cannot apply the FedProx proximal term (not a per-patient gradient); "
+                            "use fedavg with dp")
+    accountant = privacy.SiteAccountant(privacy.run_state_dir(context.node_config, r.where.path, context.run_id))
+    accountant.check(plan, r.name)
+    return plan, accountant
+
+
 def _evaluate(r: _Round, msg: Message, context: Context) -> Message:
-    """Validation (and, when asked, test) counts on the shared threshold grid; nothing per patient."""
+    """Validation (and, when asked, test) counts, protected by the site's evaluation policy
+    (client/private_eval.py): coarse score bins + noise, nothing below the minimum class size."""
+    from client import private_eval
+    from common.metrics import auroc
+    from common.train import predict
+
     model = r.model(msg, context)
+    policy = r.policy.evaluation
+    secret = privacy.site_secret(privacy.run_state_dir(context.node_config, r.where.path, context.run_id))
+    digest = private_eval.weights_digest(model.state_dict())
     metrics: dict[str, Any] = {}
     for split, prefix in (("val", ""), ("test", TEST_PREFIX)):
         if split == "test" and r.rc.eval_split != "test":
             continue
-        res = r.task.evaluate_local(model, r.site, split, r.model_cfg, r.train_cfg)
-        metrics.update({prefix + NUM_EXAMPLES: res["n"], prefix + N_POS: res["n_pos"], prefix + N_NEG: res["n_neg"]})
+        labels, scores = predict(model, r.site.dataset(split, r.model_cfg), r.train_cfg)
+        res = private_eval.protect(labels, scores, policy, private_eval.noise_seed(secret, digest, split))
+        metrics.update({prefix + NUM_EXAMPLES: res.n, prefix + N_POS: res.n_pos, prefix + N_NEG: res.n_neg,
+                        prefix + WITHHELD: int(res.withheld)})
         if split == "val":
-            metrics[LOSS] = res["loss"]  # the validation loss only (test is for final reporting)
-        metrics.update(counts_to_lists(res["counts"], prefix))
+            metrics[LOSS] = res.loss  # the validation loss only (test is for final reporting)
+            if policy.share_site_auroc and not res.withheld:  # the site's opt-in: its own exact AUROC
+                metrics[SITE_AUROC] = float(auroc(labels, scores))
+        metrics.update(counts_to_lists(res.counts, prefix))
     return r.reply(msg, {METRICS: MetricRecord(metrics)})
 
 
 def make_client_app(overrides: Mapping[str, Any] | None = None,
                     sites: Mapping[int, tuple[str, str]] | None = None,
-                    audit_dir: str | None = None) -> ClientApp:
-    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map and an audit log."""
+                    audit_dir: str | None = None, policy: SitePolicy | None = None,
+                    secagg: bool = False) -> ClientApp:
+    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map, an audit log,
+    a site policy (simulation; else ``client.policy.site_policy``) and Flower's SecAgg+ mod (``secagg``)."""
     overrides = dict(overrides or {})
     sites = dict(sites) if sites is not None else None
-    app = ClientApp(mods=[make_audit_mod(audit_dir)])
+    mods = [make_audit_mod(audit_dir)]
+    if secagg:
+        from client.secagg import secagg_mods
+
+        mods += secagg_mods()
+    app = ClientApp(mods=mods)
 
     @app.train()
     @_guarded
     def train(msg: Message, context: Context) -> Message:
-        return _train(_Round(msg, context, overrides, sites), msg, context)
+        return _train(_Round(msg, context, overrides, sites, policy), msg, context)
 
     @app.evaluate()
     @_guarded
     def evaluate(msg: Message, context: Context) -> Message:
-        return _evaluate(_Round(msg, context, overrides, sites), msg, context)
+        return _evaluate(_Round(msg, context, overrides, sites, policy), msg, context)
 
     return app
 

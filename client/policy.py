@@ -69,6 +69,12 @@ class EvaluationPolicy:
     allow_test_split: bool = False
     #: Opt-in: send this site's own AUROC (otherwise only protected counts for pooling).
     share_site_auroc: bool = False
+    #: Protected counts (client/private_eval.py): scores binned to this many equal-width bins on [0, 1] ...
+    score_bins: int = 20
+    #: ... and discrete-Laplace noise per bin and class giving epsilon-DP per reply (0 = no noise).
+    eval_epsilon: float = 1.0
+    #: Opt-out (trusted federations only): send the exact counts on the full threshold grid.
+    exact_counts: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,13 @@ def load_policy(path: str | Path | None) -> SitePolicy:
     if not isinstance(data, dict):
         raise ValueError(f"site policy {path} must hold a mapping of sections, got {type(data).__name__}")
     return SitePolicy.from_mapping(data, source=str(path))
+
+
+#: Node-config key naming the site policy file (``flwr-client --policy FILE``).
+POLICY_FILE = "policy-file"
+
+
+def site_policy(context: Any) -> SitePolicy:
+    """THE accessor of this site's policy: the SuperNode's ``policy-file`` node config, else the defaults."""
+    node_config = getattr(context, "node_config", None) or {}
+    return load_policy(node_config.get(POLICY_FILE) or None)

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from common.hashing import stable_hash
-from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
+from common.protocol import AUROC, EPSILON, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
 from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc, site_name
 from server.checkpoint import (
     append_metrics,
@@ -82,7 +82,24 @@ def round_config(cfg: FederationConfig) -> ConfigRecord:
                      local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
                      local_norm=bool(uses_local_norm(cfg)), eval_split=cfg.eval_split)
+    if cfg.dp:  # a request: each site applies the stricter of this and its own policy
+        rc = rc.replace(dp=True, dp_epsilon=float(cfg.dp_epsilon), dp_delta=float(cfg.dp_delta),
+                        dp_max_grad_norm=float(cfg.dp_max_grad_norm),
+                        dp_noise_multiplier=float(cfg.dp_noise_multiplier), dp_rounds=int(cfg.num_server_rounds))
     return ConfigRecord(rc.to_dict())
+
+
+def site_epsilons(replies: Iterable[Message], rnd: int) -> dict[str, float]:
+    """Epsilon spent so far per site (DP train replies), logged; {} when no site trained with DP."""
+    out = {}
+    for msg in replies:
+        if not msg.has_error():
+            m = next(iter(msg.content.metric_records.values()))
+            if EPSILON in m:
+                out[site_name(msg)] = float(m[EPSILON])
+    for site, eps in sorted(out.items()):
+        log.info("round %d: site %s DP epsilon spent %.3f", rnd, site, eps)
+    return out
 
 
 def _evaluate(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig,
@@ -123,17 +140,22 @@ def _start(cfg: FederationConfig, out: Path, strategy: Any, fingerprint: str
 
 
 def _train_round(strategy: Any, grid: Grid, rnd: int, arrays: ArrayRecord, cfg: FederationConfig
-                 ) -> tuple[ArrayRecord, Any, list[str], list[dict[str, Any]]]:
-    """One train round: (new global arrays, aggregated metrics, sites that trained, refusals)."""
+                 ) -> tuple[ArrayRecord, Any, list[str], list[dict[str, Any]], dict[str, float]]:
+    """One train round: (new global arrays, aggregated metrics, sites that trained, refusals, DP epsilon per site)."""
+    if cfg.secagg:
+        from server.secagg import secagg_train_round
+
+        return secagg_train_round(grid, rnd, arrays, round_config(cfg), cfg)
     replies = list(grid.send_and_receive(
         messages=strategy.configure_train(rnd, arrays, round_config(cfg), grid), timeout=float(cfg.round_timeout)))
     refused = log_refusals(replies, "train", rnd)
     agg_arrays, agg_metrics = strategy.aggregate_train(rnd, replies)
+
     if agg_arrays is None:
         raise RuntimeError(f"round {rnd}: no site returned a model update ({len(refused)} refused/failed; "
                            "see the errors above)")
     sites = sorted({site_name(m) for m in replies if not m.has_error()})
-    return agg_arrays, agg_metrics, sites, refused
+    return agg_arrays, agg_metrics, sites, refused, site_epsilons(replies, rnd)
 
 
 def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = None) -> Path:
@@ -152,8 +174,10 @@ def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | 
                              "refused": refused0, "time_s": time.time() - t0})
     for rnd in range(start, cfg.num_server_rounds + 1):
         t0 = time.time()
-        arrays, agg_metrics, sites, refused = _train_round(strategy, grid, rnd, arrays, cfg)
+        arrays, agg_metrics, sites, refused, eps = _train_round(strategy, grid, rnd, arrays, cfg)
         meta["train_sites"] = sorted(set(meta["train_sites"]) | set(sites))
+        if eps:
+            meta["epsilon"] = {**meta.get("epsilon", {}), **eps}
         ev, refused_eval = _evaluate(strategy, grid, rnd, arrays, cfg, timeout)
         if _better(ev.pooled_auroc, float(meta["best_auroc"]) if meta["best_auroc"] is not None else math.nan):
             meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
@@ -163,6 +187,8 @@ def run_federation(grid: Grid, context: Context, overrides: Mapping[str, Any] | 
                "val_n": ev.n_examples, "per_site": ev.per_site,
                "train_loss": None if agg_metrics is None else float(agg_metrics.get(TRAIN_LOSS, math.nan)),
                "train_sites": sites, "refused": refused + refused_eval, "time_s": time.time() - t0}
+        if eps:
+            row["epsilon"] = eps
         if ev.test_counts is not None:
             row["pooled_test_auroc"] = safe_auroc(ev.test_counts)
         append_metrics(out, row)
@@ -194,6 +220,9 @@ def write_bundle(out: Path, cfg: FederationConfig, arrays: ArrayRecord, meta: Ma
         threshold, val_metrics = 0.5, {}
     extra = {"federation": cfg.to_run_config(), "best_round": int(meta.get("best_round", 0)),
              "threshold_source": "summed federated validation counts (THRESHOLD_GRID)"}
+    if meta.get("epsilon"):  # DP: epsilon spent per site over the whole run (delta: the run config's)
+        extra["privacy"] = {"epsilon_per_site": dict(meta["epsilon"]), "delta": cfg.dp_delta,
+                            "secagg": cfg.secagg}
     path = save_bundle(out / "bundle", model, model_cfg, cfg.prep(), train_cfg, list(meta.get("train_sites", [])),
                        val_metrics, threshold, extra=extra)
     log.info("final bundle (round %s, pooled val AUROC %s, threshold %.3f) written to %s",

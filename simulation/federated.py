@@ -74,13 +74,26 @@ def federation_overrides(site_caches: Mapping[str, Path], out_dir: Path, *, stra
     return overrides
 
 
+def simulation_policy(**privacy: Any) -> Any:
+    """Every simulated site's policy: the defaults, exact evaluation counts (one researcher holds all sites'
+    data, so there is no coordinator to hide them from), and ``privacy`` section overrides."""
+    from dataclasses import replace
+
+    from client.policy import EvaluationPolicy, PrivacyPolicy, SitePolicy
+
+    return SitePolicy(privacy=replace(PrivacyPolicy(), **privacy),
+                      evaluation=EvaluationPolicy(min_patients_per_class=0, exact_counts=True))
+
+
 def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str, num_rounds: int,
                   model_cfg: ModelConfig, train_cfg: TrainConfig, local_epochs: int, seed: int,
-                  extra_config: dict[str, Any] | None = None, audit_dir: Path | None = None) -> FederatedResult:
+                  extra_config: dict[str, Any] | None = None, audit_dir: Path | None = None,
+                  policy: Any = None) -> FederatedResult:
     """Federate ``site_caches`` ({site name: cache dir}) in simulation; returns bundle + history.
 
     ``extra_config`` overrides other FederationConfig keys (dashed); ``audit_dir`` keeps a JSONL copy of
-    every reply the sites send (client.audit.make_audit_mod).
+    every reply the sites send (client.audit.make_audit_mod); ``policy`` is every site's SitePolicy
+    (default :func:`simulation_policy`: exact evaluation counts, the researcher holds all the data anyway).
     """
     from flwr.simulation import run_simulation
 
@@ -99,7 +112,10 @@ def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str,
     sites = {i: (name, str(Path(path).resolve())) for i, (name, path) in enumerate(site_caches.items())}
     t0 = time.time()
     with ray_kept_warm(KEEP_RAY_WARM):
-        run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides, sites, None if audit_dir is None else str(audit_dir)),
+        run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(
+                           overrides, sites, None if audit_dir is None else str(audit_dir),
+                           policy=policy if policy is not None else simulation_policy(),
+                           secagg=bool(overrides.get("secagg", False))),
                        num_supernodes=len(sites), backend_config={k: dict(v) for k, v in BACKEND_CONFIG.items()})
     wall = time.time() - t0
     bundle = out_dir / "bundle"
