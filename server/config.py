@@ -71,6 +71,8 @@ class FederationConfig:
     #: SecAgg+ quantisation: values clipped to +-clip_range and mapped to [0, quantization_range).
     secagg_clip_range: float = 8.0
     secagg_quantization_range: int = 4194304
+    #: SecAgg+: largest per-site weight (training patients); error per value <= sites x 2 clip / range x this / total.
+    secagg_max_weight: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
