@@ -270,5 +270,27 @@ def train_epochs_dp(model: nn.Module, dataset: Dataset, cfg: Any, epochs: int, n
     return {"loss": total / max(count, 1), "n": n, "entry": (float(noise_multiplier), float(rate), int(taken))}
 
 
-__all__ = ["DPBudgetExceeded", "DPConfig", "HistoryEntry", "calibrate_noise", "check_budget", "epsilon_of",
+class DPTrainer:
+    """Centralised DP-SGD for ``common.train.fit``: noise calibrated so ``cfg.epochs`` epochs spend the budget,
+    accountant in memory; an epoch that would exceed the budget raises :class:`DPBudgetExceeded`."""
+
+    def __init__(self, model: nn.Module, dataset: Dataset, cfg: Any, dp: DPConfig) -> None:
+        prepare_model(model)
+        self.model, self.dataset, self.cfg, self.dp = model, dataset, cfg, dp
+        rate, per_epoch = steps_per_epoch(len(dataset), int(cfg.batch_size))
+        self.noise = dp.noise_multiplier or calibrate_noise(dp.target_epsilon, dp.delta, rate,
+                                                           per_epoch * int(cfg.epochs))
+        self.entry = (self.noise, rate, per_epoch)
+        self.history: list[HistoryEntry] = []
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """One DP-SGD epoch -> ``{"loss", "n", "epsilon"}`` (epsilon spent so far)."""
+        check_budget(self.history, self.entry, self.dp.target_epsilon, self.dp.delta)
+        out = train_epochs_dp(self.model, self.dataset, self.cfg, 1, self.noise, self.dp.max_grad_norm,
+                              seed=int(self.cfg.seed) * 1000 + epoch)
+        self.history.append(out["entry"])
+        return {"loss": out["loss"], "n": out["n"], "epsilon": epsilon_of(self.history, self.dp.delta)}
+
+
+__all__ = ["DPTrainer", "DPBudgetExceeded", "DPConfig", "HistoryEntry", "calibrate_noise", "check_budget", "epsilon_of",
            "load_history", "prepare_model", "save_history", "steps_per_epoch", "train_epochs_dp", "validate_model"]

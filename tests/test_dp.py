@@ -118,3 +118,21 @@ def test_dp_training_changes_weights_and_is_refused_for_prox(tmp_path: Path) -> 
     moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
     assert sum(moved) >= len(moved) - 2  # all but the frozen missing-modality embedding(s)
     assert not any(hasattr(m, "_forward_hooks") and m._forward_hooks for m in model.modules())  # hooks removed
+
+
+def test_centralised_fit_with_dp_spends_at_most_the_budget(tmp_path: Path) -> None:
+    """``fit(..., dp=DPConfig)`` (fedpcr train --dp): epsilon per epoch grows and ends within the budget."""
+    from common.config import TrainConfig
+    from common.data import PCRDataset, load_cache
+    from common.train import fit
+    from tests.cache_factory import make_cache
+
+    cache = load_cache(make_cache(tmp_path, n=16, signal="clinical"))
+    cfg = preset("small", use_image=False)
+    ids = cache.labelled_ids()
+    train = PCRDataset(cache, ids[:12], clinical_features=cfg.clinical_features)
+    val = PCRDataset(cache, ids[12:], clinical_features=cfg.clinical_features)
+    res = fit(build_model(cfg), train, val, TrainConfig(batch_size=4, epochs=2, patience=0, device="cpu"), log=None,
+              dp=dp.DPConfig(target_epsilon=2.0))
+    eps = [row["epsilon"] for row in res.history]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] <= 2.0 + 1e-6
