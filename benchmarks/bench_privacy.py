@@ -79,6 +79,35 @@ def eval_cost_clinical(seed: int = 0) -> int:
     return 0
 
 
+def eval_cost_embedded(caches: list[str], seed: int = 0) -> int:
+    """Same as :func:`eval_cost_clinical` on site caches (e.g. the embedded cohort simulation/run.py prepared)."""
+    import numpy as np
+
+    from common.data import load_cache, split_patients
+    from common.schema import encode_clinical
+    from simulation.clinical_experiment import fit_sklearn_lr
+    from simulation.privacy_experiment import eval_cost, md_table
+
+    parts = {}
+    for path in caches:
+        cache = load_cache(Path(path))
+        ids = cache.labelled_ids()
+        y = np.asarray(cache.labels(ids), dtype=float)
+        table = cache.clinical.set_index("patient_id").loc[ids].reset_index()
+        values, present = encode_clinical(table)
+        X = np.hstack([values, present]).astype(float)
+        sp = split_patients(ids, list(y), seed, 0.2, 0.2)
+        pick = {k: np.isin(ids, v) for k, v in sp.items()}
+        parts[cache.site] = (X, y, pick)
+    score = fit_sklearn_lr(np.vstack([X[p["train"]] for X, _, p in parts.values()]),
+                           np.concatenate([y[p["train"]] for _, y, p in parts.values()]))
+    sites = {s: (y[p["val"]], score(X[p["val"]])) for s, (X, y, p) in parts.items()}
+    for k in (5, 1):
+        print(f"\nembedded cohort clinical LR, {len(sites)} sites, validation splits; min patients per class {k}")
+        print(md_table(eval_cost(sites, min_per_class=k, seed=seed)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sites", type=int, default=3)
@@ -87,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", action="store_true", help="the default image+clinical model (slow on CPU)")
     p.add_argument("--eval-cost", action="store_true",
                    help="instead: pooled-AUROC error of protected evaluation on the real MAMA-MIA clinical table")
+    p.add_argument("--caches", nargs="*", default=None,
+                   help="with --eval-cost: site caches of the embedded cohort (clinical LR on their train splits)")
     args = p.parse_args(argv)
     if args.eval_cost:
-        return eval_cost_clinical()
+        return eval_cost_embedded(args.caches) if args.caches else eval_cost_clinical()
 
     import torch
     from flwr.app import ArrayRecord, Context, RecordDict

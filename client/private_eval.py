@@ -10,7 +10,8 @@ The default reply (``EvaluationPolicy``; docs/privacy.md) therefore:
 2. bins every score into ``score_bins`` equal-width bins on [0, 1] (resolution 1/score_bins): the
    coordinator learns at most how many positives / negatives fall in each bin;
 3. adds discrete-Laplace noise (scale 1/eval_epsilon) to each of the 2 x score_bins histogram cells,
-   so one reply is eval_epsilon-DP for any one patient (add/remove), clipped at 0;
+   so one reply is eval_epsilon-DP for any one patient (add/remove), then makes the cumulative counts
+   non-negative and monotone (post-processing, no privacy cost);
 4. draws that noise from a key of (site secret, the evaluated weights, the split): asking again for
    the SAME weights returns the SAME reply, so repeating a request does not average the noise away.
    (Different weights get fresh noise; the number of requests per run is capped by the governance
@@ -55,6 +56,15 @@ def discrete_laplace(shape: tuple[int, ...], epsilon: float, rng: np.random.Gene
     """Two-sided geometric noise P(k) ~ exp(-epsilon |k|): epsilon-DP for a count of sensitivity 1."""
     p = 1.0 - np.exp(-epsilon)
     return (rng.geometric(p, size=shape) - rng.geometric(p, size=shape)).astype(np.int64)
+
+
+def consistent_histogram(noisy: np.ndarray) -> np.ndarray:
+    """A valid (non-negative) histogram from a noisy one, by post-processing its top-down cumulative counts
+    (what the threshold counts are): clipped at 0 and made non-increasing. Clipping each cell instead
+    would add a positive bias in every empty bin and pull the pooled AUROC towards 0.5."""
+    cum = np.clip(np.cumsum(noisy[:, ::-1], axis=1)[:, ::-1], 0, None)  # patients with score >= bin edge
+    cum = np.minimum.accumulate(cum, axis=1)
+    return cum - np.concatenate([cum[:, 1:], np.zeros((cum.shape[0], 1), dtype=cum.dtype)], axis=1)
 
 
 def counts_from_histogram(hist: np.ndarray) -> np.ndarray:
@@ -113,8 +123,8 @@ def protect(labels: np.ndarray, scores: np.ndarray, policy: Any, seed: int) -> E
         raise ValueError(f"evaluation.score_bins must be >= 2, got {bins}")
     hist = score_histogram(y, s, bins)
     if policy.eval_epsilon > 0:
-        hist = np.clip(hist + discrete_laplace(hist.shape, float(policy.eval_epsilon),
-                                               np.random.default_rng(seed)), 0, None)
+        hist = consistent_histogram(hist + discrete_laplace(hist.shape, float(policy.eval_epsilon),
+                                                            np.random.default_rng(seed)))
     n_neg_p, n_pos_p = int(hist[0].sum()), int(hist[1].sum())
     return EvalReply(counts_from_histogram(hist), n_neg_p + n_pos_p, n_pos_p, n_neg_p, histogram_loss(hist))
 
