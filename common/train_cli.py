@@ -90,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model_cfg.preset} (ResNet-{model_cfg.depth}, width {model_cfg.width}, norm {model_cfg.norm}, "
           f"{n_params:,} parameters), {len(train_ds)} training patients, device {train_cfg.device}")
     t0 = time.perf_counter()
-    dp = None
-    if args.dp:
-        from common.dp import DPConfig
+    dp, epoch_fn = None, None
+    if args.dp:  # centralised DP-SGD: budget over all epochs, refused (DPBudgetExceeded) beyond it
+        from common.dp import DPConfig, DPTrainer
 
         dp = DPConfig(target_epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm)
-    result = fit(model, train_ds, val_ds, train_cfg, log=print, dp=dp)
+        epoch_fn = DPTrainer(model, train_ds, train_cfg, dp).epoch
+    result = fit(model, train_ds, val_ds, train_cfg, log=print, epoch_fn=epoch_fn)
     val_metrics: dict[str, Any] = {"auroc": result.val_auroc, "n": int(len(val_ds)), "best_epoch": result.best_epoch}
     if result.val_labels is not None and len(np.unique(result.val_labels)) == 2:
         from common.metrics import binary_report

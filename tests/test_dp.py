@@ -121,7 +121,7 @@ def test_dp_training_changes_weights_and_is_refused_for_prox(tmp_path: Path) -> 
 
 
 def test_centralised_fit_with_dp_spends_at_most_the_budget(tmp_path: Path) -> None:
-    """``fit(..., dp=DPConfig)`` (fedpcr train --dp): epsilon per epoch grows and ends within the budget."""
+    """``fit(..., epoch_fn=DPTrainer(...).epoch)`` (fedpcr train --dp): epsilon per epoch grows, within the budget."""
     from common.config import TrainConfig
     from common.data import PCRDataset, load_cache
     from common.train import fit
@@ -132,7 +132,11 @@ def test_centralised_fit_with_dp_spends_at_most_the_budget(tmp_path: Path) -> No
     ids = cache.labelled_ids()
     train = PCRDataset(cache, ids[:12], clinical_features=cfg.clinical_features)
     val = PCRDataset(cache, ids[12:], clinical_features=cfg.clinical_features)
-    res = fit(build_model(cfg), train, val, TrainConfig(batch_size=4, epochs=2, patience=0, device="cpu"), log=None,
-              dp=dp.DPConfig(target_epsilon=2.0))
+    tcfg = TrainConfig(batch_size=4, epochs=2, patience=0, device="cpu")
+    model = build_model(cfg)
+    trainer = dp.DPTrainer(model, train, tcfg, dp.DPConfig(target_epsilon=2.0))
+    res = fit(model, train, val, tcfg, log=None, epoch_fn=trainer.epoch)
     eps = [row["epsilon"] for row in res.history]
     assert len(eps) == 2 and 0 < eps[0] < eps[1] <= 2.0 + 1e-6
+    with pytest.raises(dp.DPBudgetExceeded, match=r"allowed 2\.000"):
+        trainer.epoch(3)  # a third epoch was not in the budget
