@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             site_over = {k: v for k, v in over.items() if k in ("model-config", "train-config")}
             policy = simulation_policy(max_epsilon=8.0)
             state = Path(tempfile.mkdtemp(dir=root))
-            apps = {n: make_client_app(site_over, policy=policy, secagg=secagg) for n in caches}
+            apps = {n: make_client_app(site_over, policy=policy) for n in caches}
             ctxs = {n: Context(run_id=1, node_id=n, node_config={"data-path": str(c), "partition-id": n - 1,
                                                                  "state-dir": str(state / str(n))},
                                state=RecordDict(), run_config={}) for n, c in caches.items()}

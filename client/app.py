@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from client import privacy
 from client.audit import make_audit_mod
 from client.policy import SitePolicy, site_policy
+from client.secagg import secagg_mod
 from client.site import PARTITION_ID, SiteLocation, SiteRefusal, check_round, locate_site
 from common.protocol import (
     ARRAYS,
@@ -162,18 +163,13 @@ def _evaluate(r: _Round, msg: Message, context: Context) -> Message:
 
 def make_client_app(overrides: Mapping[str, Any] | None = None,
                     sites: Mapping[int, tuple[str, str]] | None = None,
-                    audit_dir: str | None = None, policy: SitePolicy | None = None,
-                    secagg: bool = False) -> ClientApp:
-    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map, an audit log,
-    a site policy (simulation; else ``client.policy.site_policy``) and Flower's SecAgg+ mod (``secagg``)."""
+                    audit_dir: str | None = None, policy: SitePolicy | None = None) -> ClientApp:
+    """A ClientApp with injected run-config overrides, a partition-id -> (site, cache) map, an audit log and
+    a site policy (simulation; else ``client.policy.site_policy``). SecAgg+ train rounds go through Flower's
+    mod (``client.secagg.secagg_mod``, after the site's own mods); plain rounds pass it untouched."""
     overrides = dict(overrides or {})
     sites = dict(sites) if sites is not None else None
-    mods = [make_audit_mod(audit_dir)]
-    if secagg:
-        from client.secagg import secagg_mods
-
-        mods += secagg_mods()
-    app = ClientApp(mods=mods)
+    app = ClientApp(mods=[make_audit_mod(audit_dir), secagg_mod])
 
     @app.train()
     @_guarded

@@ -52,11 +52,18 @@ def legacy_fit_adapter(msg: Message, context: Context, call_next: Callable[[Mess
     return Message(out, reply_to=msg)
 
 
-def secagg_mods() -> list[Callable]:
-    """Mods to append after the site's own ones: Flower's SecAgg+ mod, then the adapter."""
+#: ConfigRecord a SecAgg+ protocol message carries (flwr.common.secure_aggregation.secaggplus_constants).
+SECAGG_RECORD = "secaggplus_configs"
+
+
+def secagg_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Flower's ``secaggplus_mod`` + :func:`legacy_fit_adapter` for SecAgg+ train messages; every other
+    message (plain train rounds, evaluate) goes straight through, so one ClientApp serves both kinds of run."""
+    if msg.metadata.message_type != "train" or SECAGG_RECORD not in msg.content.config_records:
+        return call_next(msg, context)
     from flwr.client.mod import secaggplus_mod
 
-    return [secaggplus_mod, legacy_fit_adapter]
+    return secaggplus_mod(msg, context, lambda m, c: legacy_fit_adapter(m, c, call_next))
 
 
-__all__ = ["ARRAY_NAMES", "legacy_fit_adapter", "secagg_mods"]
+__all__ = ["ARRAY_NAMES", "SECAGG_RECORD", "legacy_fit_adapter", "secagg_mod"]

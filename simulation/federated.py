@@ -114,8 +114,7 @@ def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str,
     with ray_kept_warm(KEEP_RAY_WARM):
         run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(
                            overrides, sites, None if audit_dir is None else str(audit_dir),
-                           policy=policy if policy is not None else simulation_policy(),
-                           secagg=bool(overrides.get("secagg", False))),
+                           policy=policy if policy is not None else simulation_policy()),
                        num_supernodes=len(sites), backend_config={k: dict(v) for k, v in BACKEND_CONFIG.items()})
     wall = time.time() - t0
     bundle = out_dir / "bundle"

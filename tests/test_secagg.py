@@ -92,7 +92,7 @@ def test_secagg_round_equals_fedavg_within_quantisation(caches: dict[int, Path])
         weights.append(int(reply.content[METRICS][NUM_EXAMPLES]))
     fedavg = [sum(w * u[j] for w, u in zip(weights, updates)) / sum(weights) for j in range(len(updates[0]))]
     # the same round under SecAgg+
-    grid = InProcessGrid({n: make_client_app(OVERRIDES, secagg=True) for n in caches},
+    grid = InProcessGrid({n: make_client_app(OVERRIDES) for n in caches},
                          {n: _context(n, c) for n, c in caches.items()})
     new, metrics, sites, refused, _ = secagg_train_round(grid, 1, arrays, config, cfg)
     got = new.to_numpy_ndarrays()
@@ -112,6 +112,6 @@ def test_too_few_sites_refused_with_the_numbers(caches: dict[int, Path]) -> None
     with pytest.raises(ValueError, match=r"at least 3 sites \(reconstruction threshold 3, shares 3\); only 2"):
         check_secagg_sites(2, threshold=3, num_shares=3)
     cfg = _cfg(secagg=True, **{"min-nodes": 1, "round-timeout": 1.0})
-    one = InProcessGrid({1: make_client_app(OVERRIDES, secagg=True)}, {1: _context(1, caches[1])})
+    one = InProcessGrid({1: make_client_app(OVERRIDES)}, {1: _context(1, caches[1])})
     with pytest.raises(ValueError, match=r"at least 2 sites .* only 1 connected"):
         secagg_train_round(one, 1, ArrayRecord(), round_config(cfg), cfg)
