@@ -102,8 +102,12 @@ def eval_cost(per_site: dict[str, tuple[np.ndarray, np.ndarray]], reps: int = 20
                 withheld += int(r.withheld)
                 total = r.counts if total is None else total + r.counts
             errs.append(abs(float(auroc_from_counts(total)) - exact))
-        out.append({"setting": name, "exact_pooled_auroc": exact, "mean_abs_error": float(np.mean(errs)),
-                    "p95_abs_error": float(np.percentile(errs, 95)),
+        errs = np.asarray(errs)
+        ok = errs[np.isfinite(errs)]
+        out.append({"setting": name, "exact_pooled_auroc": exact,
+                    "mean_abs_error": float(ok.mean()) if len(ok) else float("nan"),
+                    "p95_abs_error": float(np.percentile(ok, 95)) if len(ok) else float("nan"),
+                    "undefined": int(len(errs) - len(ok)),
                     "sites_withheld": withheld // max(1, len(errs)), "sites": len(per_site),
                     "patients": int(len(ys))})
     return pd.DataFrame(out)

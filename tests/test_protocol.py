@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_round_config_round_trip_and_defaults() -> None:
     rc = P.RoundConfig(server_round=3, prep_hash="p", model_hash="m", local_epochs=2, lr=0.01,
-                       proximal_mu=0.1, local_norm=True, eval_split="test")
+                       proximal_mu=0.1, local_norm=True, eval_split="test", dp=True, dp_epsilon=3.0, dp_delta=1e-5,
+                       dp_max_grad_norm=1.0, dp_noise_multiplier=0.0, dp_rounds=4)
     sent = rc.to_dict()
     assert set(sent) == set(P.ROUND_CONFIG_KEYS)
     assert P.RoundConfig.from_dict(sent) == rc
