@@ -86,10 +86,11 @@ def test_counts_to_lists_refuses_non_counts() -> None:
 
 
 def test_error_codes_are_distinct_and_described() -> None:
-    codes = [P.REFUSED, P.BAD_CONFIG]
+    codes = [P.REFUSED, P.BAD_CONFIG, P.PRIVACY_BUDGET]
     assert len(set(codes)) == len(codes) and set(codes) == set(P.ERROR_CODES)
     assert all(c >= 100 for c in codes)  # Flower's own ErrorCode values are small integers
     assert "refused" in P.describe_error(P.REFUSED)
+    assert "epsilon" in P.describe_error(P.PRIVACY_BUDGET)
     assert "not a fedpcr code" in P.describe_error(2)
 
 
