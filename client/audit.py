@@ -63,8 +63,17 @@ def model_digest(arrays: dict[str, dict[str, Any]]) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _plain(value: Any) -> Any:
+    """A config value as JSON: bytes (e.g. SecAgg+ public keys, shares) as hex, lists element by element."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _configs(records: Any) -> dict[str, dict[str, Any]]:
-    return {name: {k: (v.hex() if isinstance(v, bytes) else v) for k, v in config.items()}
+    return {name: {k: _plain(v) for k, v in config.items()}
             for name, config in records.items()}
 
 

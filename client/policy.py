@@ -71,6 +71,12 @@ class EvaluationPolicy:
     allow_test_split: bool = False
     #: Opt-in: send this site's own AUROC (otherwise only protected counts for pooling).
     share_site_auroc: bool = False
+    #: Protected counts (client/private_eval.py): scores binned to this many equal-width bins on [0, 1] ...
+    score_bins: int = 20
+    #: ... and discrete-Laplace noise per bin and class giving epsilon-DP per reply (0 = no noise).
+    eval_epsilon: float = 1.0
+    #: Opt-out (trusted federations only): send the exact counts on the full threshold grid.
+    exact_counts: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ def open_policy() -> SitePolicy:
         code=CodePolicy(model_presets=(), model_hashes=("*",), allow_pretrained_path=True),
         training=TrainingPolicy(max_rounds_per_run=1_000_000, max_local_epochs=1_000_000, lr_min=0.0,
                                 lr_max=1e9, min_batch_size=1),
-        evaluation=EvaluationPolicy(max_requests_per_run=1_000_000, allow_test_split=True),
+        # one researcher owns every emulated site: exact counts, no minimum (deployments never get this)
+        evaluation=EvaluationPolicy(max_requests_per_run=1_000_000, allow_test_split=True, exact_counts=True,
+                                    min_patients_per_class=0),
     )
 
 

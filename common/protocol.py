@@ -38,6 +38,14 @@ LOCAL_NORM = "local-norm"  #: bool, FedBN: the site keeps its own norm-layer par
 EVAL_SPLIT = "eval-split"  #: "val" | "test": evaluate also returns test-split counts when "test"
 UPDATE_ENCODING = "update-encoding"  #: str, common.encoding name ("fp16" | "bf16"); absent = exact arrays both ways
 
+# differential privacy requested by the coordinator (a site's own policy always wins; see client/privacy.py)
+DP = "dp"  #: bool, train this round with DP-SGD
+DP_EPSILON = "dp-epsilon"  #: float, requested total epsilon for the run (the site takes min with its own)
+DP_DELTA = "dp-delta"  #: float, requested delta (the site takes min with its own)
+DP_MAX_GRAD_NORM = "dp-max-grad-norm"  #: float, requested clipping bound (the site takes min with its own)
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  #: float, requested noise (the site takes max with its own; 0 = calibrate)
+DP_ROUNDS = "dp-rounds"  #: int, train rounds planned for the run (the site calibrates its noise over them)
+
 EVAL_SPLITS = ("val", "test")
 
 # ------------------------------------------------------------------ reply metric keys (site -> server)
@@ -49,6 +57,10 @@ N_NEG = "n-neg"  #: int, non-pCR patients in the evaluated split
 TP, FP, TN, FN = "tp", "fp", "tn", "fn"  #: int lists, one entry per THRESHOLD_GRID threshold
 COUNT_KEYS = (TP, FP, TN, FN)
 TEST_PREFIX = "test-"  #: the same keys for the test split (eval-split "test" only)
+EPSILON = "epsilon"  #: float, train reply under DP: the site's epsilon spent so far in this run (at DELTA)
+DELTA = "delta"  #: float, the delta EPSILON is accounted at
+WITHHELD = "withheld"  #: int 0/1, evaluate reply: 1 = too few patients per class, counts all zero
+SITE_AUROC = "site-auroc"  #: float, evaluate reply, only when the site opts in (policy share_site_auroc)
 AUROC = "auroc"  #: added by the server when it aggregates counts (never sent by a site)
 
 #: Site-local ArrayRecord name in ``context.state`` holding FedBN norm layers (never sent).
@@ -59,6 +71,8 @@ LOCAL_NORM_STATE = "fedpcr-local-norm"
 REFUSED = 4100
 #: The round config is malformed or holds a key this site does not understand; reason names the key.
 BAD_CONFIG = 4101
+#: Training would exceed the site's privacy budget (reason names spent, projected and allowed epsilon).
+PRIVACY_BUDGET = 4103
 
 #: The global model the server sent holds NaN/Inf; the site refuses to train or evaluate on it.
 BAD_MODEL = 4102
@@ -96,6 +110,7 @@ ERROR_CODES: dict[int, str] = {
     APP_NOT_APPROVED: "site policy: app bundle not approved (not executed)",
     SITE_ERROR: "site error while handling the message (details in the site's log)",
     AUDIT_FAILED: "site could not write its audit log (nothing sent)",
+    PRIVACY_BUDGET: "site's differential-privacy budget would be exceeded (reason: spent and allowed epsilon)",
 }
 
 
@@ -154,6 +169,12 @@ class RoundConfig:
     eval_split: str = "val"
     #: Encoding of the arrays both ways this round (common.encoding); None = exact (the key is not sent).
     update_encoding: str | None = None
+    dp: bool | None = None  #: None = not requested (no DP unless the site requires it)
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_max_grad_norm: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_rounds: int | None = None
 
     def __post_init__(self) -> None:
         if self.update_encoding is not None:
@@ -206,6 +227,12 @@ _ROUND_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     LOCAL_NORM: ("local_norm", _as_bool),
     EVAL_SPLIT: ("eval_split", _as_str),
     UPDATE_ENCODING: ("update_encoding", _as_str),
+    DP: ("dp", _as_bool),
+    DP_EPSILON: ("dp_epsilon", _as_float),
+    DP_DELTA: ("dp_delta", _as_float),
+    DP_MAX_GRAD_NORM: ("dp_max_grad_norm", _as_float),
+    DP_NOISE_MULTIPLIER: ("dp_noise_multiplier", _as_float),
+    DP_ROUNDS: ("dp_rounds", _as_int),
 }
 ROUND_CONFIG_KEYS = tuple(_ROUND_FIELDS)
 
@@ -332,6 +359,8 @@ __all__ = [
     "SERVER_ROUND", "PREP_HASH", "MODEL_HASH", "LOCAL_EPOCHS", "LR", "PROXIMAL_MU", "LOCAL_NORM", "EVAL_SPLIT",
     "UPDATE_ENCODING",
     "EVAL_SPLITS", "ROUND_CONFIG_KEYS",
+    "DP", "DP_EPSILON", "DP_DELTA", "DP_MAX_GRAD_NORM", "DP_NOISE_MULTIPLIER", "DP_ROUNDS",
+    "EPSILON", "DELTA", "WITHHELD", "SITE_AUROC", "PRIVACY_BUDGET",
     "NUM_EXAMPLES", "TRAIN_LOSS", "LOSS", "N_POS", "N_NEG", "TP", "FP", "TN", "FN", "COUNT_KEYS", "TEST_PREFIX",
     "AUROC", "LOCAL_NORM_STATE",
     "REFUSED", "BAD_CONFIG", "BAD_MODEL", "ERROR_CODES", "POLICY_MAX_ROUNDS", "POLICY_LOCAL_EPOCHS", "POLICY_LR",

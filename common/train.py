@@ -295,9 +295,12 @@ def operating_threshold(labels: np.ndarray, scores: np.ndarray, cfg: TrainConfig
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
-        log: Callable[[str], None] | None = print) -> FitResult:
+        log: Callable[[str], None] | None = print,
+        epoch_fn: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
     """Train up to ``cfg.epochs`` with early stopping on validation AUROC (``cfg.patience``); the model
-    ends holding the best weights; the threshold is chosen on the validation predictions."""
+    ends holding the best weights; the threshold is chosen on the validation predictions.
+    ``epoch_fn(epoch) -> {"loss", ...}`` replaces one epoch's training (DP-SGD: ``common.dp.DPTrainer(...).epoch``,
+    whose ``epsilon`` goes into each history row)."""
     device = select_device(cfg)
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
     _prepare_model(model, device)
@@ -309,7 +312,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
     history: list[dict[str, float]] = []
     for epoch in range(1, int(cfg.epochs) + 1):
         t0 = time.perf_counter()
-        stats = train_epochs(model, train_ds, cfg, 1, optimizer=optimizer)
+        stats = epoch_fn(epoch) if epoch_fn is not None else train_epochs(model, train_ds, cfg, 1, optimizer=optimizer)
         if scheduler is not None:
             scheduler.step()
         y, s = predict(model, val_ds, cfg) if len(val_ds) else (np.zeros(0), np.zeros(0))
@@ -319,6 +322,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
         score = val_auc if not math.isnan(val_auc) else -val_loss if not math.isnan(val_loss) else -stats["loss"]
         row = {"epoch": epoch, "train_loss": stats["loss"], "val_auroc": val_auc, "val_loss": val_loss,
                "seconds": time.perf_counter() - t0}
+        if "epsilon" in stats:
+            row["epsilon"] = stats["epsilon"]
         history.append(row)
         improved = score > best_score
         if improved:

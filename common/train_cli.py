@@ -33,6 +33,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="overrides TrainConfig.seed (split, init, augmentation)")
     p.add_argument("--epochs", type=int, help="overrides TrainConfig.epochs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides TrainConfig.device")
+    p.add_argument("--dp", action="store_true", help="DP-SGD (Opacus) with the budget below (docs/privacy.md)")
+    p.add_argument("--epsilon", type=float, default=8.0, help="DP: total epsilon over all epochs (default 8)")
+    p.add_argument("--delta", type=float, default=1e-5, help="DP: delta (default 1e-5)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP: per-patient clipping bound (default 1)")
     return p.parse_args(argv)
 
 
@@ -86,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model_cfg.preset} (ResNet-{model_cfg.depth}, width {model_cfg.width}, norm {model_cfg.norm}, "
           f"{n_params:,} parameters), {len(train_ds)} training patients, device {train_cfg.device}")
     t0 = time.perf_counter()
-    result = fit(model, train_ds, val_ds, train_cfg, log=print)
+    dp, epoch_fn = None, None
+    if args.dp:  # centralised DP-SGD: budget over all epochs, refused (DPBudgetExceeded) beyond it
+        from common.dp import DPConfig, DPTrainer
+
+        dp = DPConfig(target_epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm)
+        epoch_fn = DPTrainer(model, train_ds, train_cfg, dp).epoch
+    result = fit(model, train_ds, val_ds, train_cfg, log=print, epoch_fn=epoch_fn)
     val_metrics: dict[str, Any] = {"auroc": result.val_auroc, "n": int(len(val_ds)), "best_epoch": result.best_epoch}
     if result.val_labels is not None and len(np.unique(result.val_labels)) == 2:
         from common.metrics import binary_report
@@ -97,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     save_bundle(out, model, model_cfg, {"config": caches[0].prep_config, "hash": prep_hash}, train_cfg, sites,
                 val_metrics, result.threshold,
                 extra={"history": result.history, "n_train": int(len(train_ds)), "n_val": int(len(val_ds)),
-                       "train_seconds": round(time.perf_counter() - t0, 2)})
+                       "train_seconds": round(time.perf_counter() - t0, 2),
+                       **({"privacy": {"epsilon": result.history[-1]["epsilon"], "delta": dp.delta,
+                                       "max_grad_norm": dp.max_grad_norm}} if dp is not None else {})})
     (out / SPLIT_FILE).write_text(json.dumps(splits, indent=1))
     print(f"bundle written to {out} (val AUROC {result.val_auroc:.3f}, threshold {result.threshold:.3f}); "
           f"patient split kept locally in {out / SPLIT_FILE}")

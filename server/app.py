@@ -36,6 +36,7 @@ from server.checkpoint import (
     truncate_metrics,
 )
 from server.config import FederationConfig
+from server.privacy_rounds import secagg_round, site_epsilons, with_dp_request
 from server.rounds import NodeView, RunClock, SiteBook, exchange, missing_nodes, wait_for_nodes
 from server.strategies import aggregate_train, build_strategy, uses_local_norm
 from server.validation import Invalid, reply_site, validate_evaluate, validate_train
@@ -107,7 +108,7 @@ def round_config(cfg: FederationConfig, phase: str = "train") -> ConfigRecord:
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
                      local_norm=bool(uses_local_norm(cfg)) and phase == "train", eval_split=cfg.eval_split,
                      update_encoding=None if cfg.update_encoding == EXACT else cfg.update_encoding)
-    return ConfigRecord(rc.to_dict())
+    return ConfigRecord(with_dp_request(rc, cfg).to_dict())
 
 
 @dataclass
@@ -197,11 +198,15 @@ class TrainOutcome:
     sites: list[str] = field(default_factory=list)
     faults: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     reason: str = ""
+    epsilon: dict[str, float] = field(default_factory=dict)  # DP: epsilon spent so far per site
 
 
 def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> TrainOutcome:
     """Send, collect (bounded), validate, aggregate; a round with < min-replies valid updates fails."""
     cfg, strategy = run.cfg, run.strategy
+    if cfg.secagg:  # the coordinator never holds one site's update (server/secagg.py)
+        new, metrics, sites, faults, eps, reason = secagg_round(run.grid, rnd, arrays, round_config(cfg), cfg)
+        return TrainOutcome(new, metrics, sites, faults, reason, eps)
     sent = encoded(strategy.configure_train(rnd, arrays, round_config(cfg), NodeView(run.grid, nodes)),
                    cfg.update_encoding)
     replies = decoded(exchange(run.grid, sent, float(cfg.round_timeout), run.clock), cfg.update_encoding)
@@ -225,7 +230,7 @@ def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> T
     if bad:  # cannot happen with validated finite inputs, but never let NaN into the model or optimiser state
         restore_strategy_state(strategy, before)
         return TrainOutcome(None, None, sites, faults, f"aggregate is non-finite in {bad[:3]}")
-    return TrainOutcome(_record(new), agg_metrics, sites, faults)
+    return TrainOutcome(_record(new), agg_metrics, sites, faults, epsilon=site_epsilons(check.accepted, rnd))
 
 
 def _failed_sites(faults: Mapping[str, list[dict[str, Any]]]) -> list[str]:
@@ -274,6 +279,9 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
         else:
             arrays = res.arrays
             meta["train_sites"] = sorted(set(meta["train_sites"]) | set(res.sites))
+            if res.epsilon:
+                meta["epsilon"] = {**meta.get("epsilon", {}), **res.epsilon}
+                row["epsilon"] = res.epsilon
             ev, eval_faults = _evaluate(run, rnd, arrays)
             for k, v in eval_faults.items():
                 faults[k] = faults.get(k, []) + v
@@ -316,6 +324,9 @@ def write_bundle(out: Path, cfg: FederationConfig, arrays: ArrayRecord, meta: Ma
         threshold, val_metrics = 0.5, {}
     extra = {"federation": cfg.to_run_config(), "best_round": int(meta.get("best_round", 0)),
              "threshold_source": "summed federated validation counts (THRESHOLD_GRID)"}
+    if meta.get("epsilon"):  # DP: epsilon spent per site over the whole run (delta: the run config's)
+        extra["privacy"] = {"epsilon_per_site": dict(meta["epsilon"]), "delta": cfg.dp_delta,
+                            "secagg": cfg.secagg}
     path = save_bundle(out / "bundle", model, model_cfg, cfg.prep(), train_cfg, list(meta.get("train_sites", [])),
                        val_metrics, threshold, extra=extra)
     log.info("final bundle (round %s, pooled val AUROC %s, threshold %.3f) written to %s",

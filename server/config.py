@@ -74,6 +74,23 @@ class FederationConfig:
     prep_config: str = ""
     #: Arrays on the wire both ways (common.encoding): "exact" (default) | "fp16" | "bf16" (half the bytes, lossy).
     update_encoding: str = "exact"
+    #: Ask every site for DP-SGD (sites apply min/max with their own policy; docs/privacy.md).
+    dp: bool = False
+    dp_epsilon: float = 8.0
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    #: 0 = each site calibrates its noise to spend dp-epsilon over num-server-rounds.
+    dp_noise_multiplier: float = 0.0
+    #: Secure aggregation of the train updates (Flower SecAgg+; server/secagg.py).
+    secagg: bool = False
+    #: SecAgg+: shares per site (also the minimum number of sites) and the reconstruction threshold.
+    secagg_num_shares: int = 3
+    secagg_threshold: int = 2
+    #: SecAgg+ quantisation: values clipped to +-clip_range and mapped to [0, quantization_range).
+    secagg_clip_range: float = 8.0
+    secagg_quantization_range: int = 4194304
+    #: SecAgg+: largest per-site weight (training patients); error per value <= sites x 2 clip / range x this / total.
+    secagg_max_weight: float = 1000.0
 
     def __post_init__(self) -> None:
         check_encoding(self.update_encoding)

@@ -79,13 +79,26 @@ def federation_overrides(site_caches: Mapping[str, Path], out_dir: Path, *, stra
     return overrides
 
 
+def simulation_policy(**privacy: Any) -> Any:
+    """Every simulated site's policy: ``client.policy.open_policy`` (one researcher holds all sites' data and
+    is the coordinator too: exact evaluation counts, every model approved) with ``privacy`` overrides."""
+    from dataclasses import replace
+
+    from client.policy import open_policy
+
+    base = open_policy()
+    return replace(base, privacy=replace(base.privacy, **privacy))
+
+
 def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str, num_rounds: int,
                   model_cfg: ModelConfig, train_cfg: TrainConfig, local_epochs: int, seed: int,
-                  extra_config: dict[str, Any] | None = None, audit_dir: Path | None = None) -> FederatedResult:
+                  extra_config: dict[str, Any] | None = None, audit_dir: Path | None = None,
+                  policy: Any = None) -> FederatedResult:
     """Federate ``site_caches`` ({site name: cache dir}) in simulation; returns bundle + history.
 
     ``extra_config`` overrides other FederationConfig keys (dashed); ``audit_dir`` keeps a JSONL copy of
-    every reply the sites send (client.audit.make_audit_mod).
+    every reply the sites send (client.audit.make_audit_mod); ``policy`` is every site's SitePolicy
+    (default :func:`simulation_policy`: exact evaluation counts, the researcher holds all the data anyway).
     """
     from flwr.simulation import run_simulation
 
@@ -104,7 +117,9 @@ def run_federated(site_caches: dict[str, Path], out_dir: Path, *, strategy: str,
     sites = {i: (name, str(Path(path).resolve())) for i, (name, path) in enumerate(site_caches.items())}
     t0 = time.time()
     with ray_kept_warm(KEEP_RAY_WARM):
-        run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides, sites, None if audit_dir is None else str(audit_dir)),
+        run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(
+                           overrides, sites, None if audit_dir is None else str(audit_dir),
+                           policy=policy if policy is not None else simulation_policy()),
                        num_supernodes=len(sites), backend_config={k: dict(v) for k, v in BACKEND_CONFIG.items()})
     wall = time.time() - t0
     bundle = out_dir / "bundle"

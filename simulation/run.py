@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="the 3-minute configuration (1 seed, fewer arms)")
-    p.add_argument("--experiment", default=None, choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal"],
+    p.add_argument("--experiment", default=None,
+                   choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal", "privacy"],
                    help="named experiment (default: 'default', or 'quick' with --quick)")
     p.add_argument("--dataset", default="embedded", choices=["embedded", *REAL_DATASETS],
                    help="embedded semi-synthetic cohort, or a real collection under --data-root")
@@ -149,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run_clinical(args, out, t0)
     if args.experiment == "longitudinal":
         return _run_longitudinal(args, out, t0)
+    if args.experiment == "privacy":  # DP budgets on the quick (or default) image preset
+        from simulation.privacy_experiment import run_privacy_experiment
+
+        args.experiment = None
+        report = run_privacy_experiment(experiment_config(args), out)
+        print(f"done in {time.perf_counter() - t0:.0f} s")
+        print(report)
+        return 0
     try:
         cfg = experiment_config(args)
     except ValueError as exc:

@@ -22,7 +22,8 @@ from simulation.federated import run_federated
 MODEL = preset("small", width=4, image_features=8, clinical_hidden=8, fusion_hidden=8)
 TRAIN = TrainConfig(batch_size=8, augment=False, val_fraction=0.3, test_fraction=0.2)
 ALLOWED_METRICS = {"num-examples", "train-loss", "n-pos", "n-neg", "loss", "tp", "fp", "tn", "fn",
-                   "test-num-examples", "test-n-pos", "test-n-neg", "test-tp", "test-fp", "test-tn", "test-fn"}
+                   "test-num-examples", "test-n-pos", "test-n-neg", "test-tp", "test-fp", "test-tn", "test-fn",
+                   "withheld", "test-withheld", "epsilon", "delta", "site-auroc"}  # issue 12 (docs/privacy.md)
 
 
 def _plant_dicom_tags(cache: Path, site: str) -> list[str]:

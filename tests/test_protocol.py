@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_round_config_round_trip_and_defaults() -> None:
     rc = P.RoundConfig(server_round=3, prep_hash="p", model_hash="m", local_epochs=2, lr=0.01,
-                       proximal_mu=0.1, local_norm=True, eval_split="test", update_encoding="fp16")
+                       proximal_mu=0.1, local_norm=True, eval_split="test", update_encoding="fp16", dp=True,
+                       dp_epsilon=3.0, dp_delta=1e-5,
+                       dp_max_grad_norm=1.0, dp_noise_multiplier=0.0, dp_rounds=4)
     sent = rc.to_dict()
     assert set(sent) == set(P.ROUND_CONFIG_KEYS)
     assert P.RoundConfig.from_dict(sent) == rc
@@ -86,11 +88,12 @@ def test_counts_to_lists_refuses_non_counts() -> None:
 
 def test_error_codes_are_distinct_and_described() -> None:
     named = {k: getattr(P, k) for k in P.__all__ if k in ("REFUSED", "BAD_CONFIG", "BAD_MODEL", "SITE_ERROR", "AUDIT_FAILED",
-                                                        "APP_NOT_APPROVED") or k.startswith("POLICY_")}
+                                                        "APP_NOT_APPROVED", "PRIVACY_BUDGET") or k.startswith("POLICY_")}
     codes = list(named.values())
-    assert len(codes) == 16 and len(set(codes)) == len(codes) and set(codes) == set(P.ERROR_CODES)
+    assert len(codes) == 17 and len(set(codes)) == len(codes) and set(codes) == set(P.ERROR_CODES)
     assert all(c >= 100 for c in codes)  # Flower's own ErrorCode values are small integers
     assert "refused" in P.describe_error(P.REFUSED)
+    assert "epsilon" in P.describe_error(P.PRIVACY_BUDGET)
     assert "not a fedpcr code" in P.describe_error(2)
 
 
