@@ -22,22 +22,26 @@ from common.metrics_counts import THRESHOLD_GRID
 from common.protocol import (
     ARRAYS,
     COUNT_KEYS,
+    DELTA,
+    EPSILON,
     LOSS,
     METRICS,
     N_NEG,
     N_POS,
     NUM_EXAMPLES,
     SITE,
+    SITE_AUROC,
     TEST_PREFIX,
     TRAIN_LOSS,
+    WITHHELD,
     counts_from_lists,
 )
 
 #: Metric keys a train reply may carry (anything else is a protocol violation).
-TRAIN_METRIC_KEYS = frozenset({NUM_EXAMPLES, TRAIN_LOSS})
-_EVAL_SPLIT_KEYS = (NUM_EXAMPLES, N_POS, N_NEG, *COUNT_KEYS)
+TRAIN_METRIC_KEYS = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON, DELTA})  # epsilon/delta: under DP
+_EVAL_SPLIT_KEYS = (NUM_EXAMPLES, N_POS, N_NEG, WITHHELD, *COUNT_KEYS)
 #: Metric keys an evaluate reply may carry (val keys + loss, and the same with the test prefix).
-EVAL_METRIC_KEYS = frozenset({LOSS, *_EVAL_SPLIT_KEYS, *(TEST_PREFIX + k for k in _EVAL_SPLIT_KEYS)})
+EVAL_METRIC_KEYS = frozenset({LOSS, SITE_AUROC, *_EVAL_SPLIT_KEYS, *(TEST_PREFIX + k for k in _EVAL_SPLIT_KEYS)})
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,12 @@ def check_evaluate(msg: Message) -> None:
             continue
         n = _count(metrics, prefix + NUM_EXAMPLES)
         counts = counts_from_lists(metrics, prefix, length=len(THRESHOLD_GRID))
-        if (counts.sum(axis=1) != n).any():
-            raise ValueError(f"{prefix}counts do not add up to {prefix}{NUM_EXAMPLES}={n} at every threshold")
+        totals = counts.sum(axis=1)
+        if int(metrics.get(prefix + WITHHELD, 0)) == 1:
+            if totals.any():
+                raise ValueError(f"{prefix}counts must be all zero when {prefix}{WITHHELD} = 1")
+        elif (totals != totals[0]).any():  # protected (noisy) counts keep one total at every threshold
+            raise ValueError(f"{prefix}counts have a different total at different thresholds")
         for key in (N_POS, N_NEG):
             value = metrics.get(prefix + key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
