@@ -193,10 +193,11 @@ def check_evaluate(msg: Message) -> None:
     for prefix in ("", TEST_PREFIX):
         if prefix == TEST_PREFIX and not any(k.startswith(TEST_PREFIX) for k in metrics.keys()):
             continue
-        n = _count(metrics, prefix + NUM_EXAMPLES)
+        withheld = int(metrics.get(prefix + WITHHELD, 0)) == 1  # too few per class: everything 0 (private_eval)
+        n = 0 if withheld and metrics.get(prefix + NUM_EXAMPLES) == 0 else _count(metrics, prefix + NUM_EXAMPLES)
         counts = counts_from_lists(metrics, prefix, length=len(THRESHOLD_GRID))
         totals = counts.sum(axis=1)
-        if int(metrics.get(prefix + WITHHELD, 0)) == 1:
+        if withheld:
             if totals.any():
                 raise ValueError(f"{prefix}counts must be all zero when {prefix}{WITHHELD} = 1")
         elif (totals != totals[0]).any():  # protected (noisy) counts keep one total at every threshold
