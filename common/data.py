@@ -123,6 +123,7 @@ def load_cache(path: str | Path) -> SiteCache:
         if not ok:
             issues.append({"patient": pid, "field": "volume", "reason": f"volume file missing: {path / rel}"})
     manifest = manifest.loc[keep].set_index("patient_id", drop=False)
+    _drop_missing_visit_files(path, manifest, issues)
 
     clin_path = path / CLINICAL
     clinical = read_table(path, CLINICAL)
@@ -132,6 +133,22 @@ def load_cache(path: str | Path) -> SiteCache:
         issues.append({"patient": pid, "field": "clinical", "reason": f"no row in {clin_path}; clinical inputs missing"})
     return SiteCache(path=path, manifest=manifest, clinical=clinical, prep_config=dict(prep["config"]),
                      prep_hash=prep_hash, channels=channels, issues=issues)
+
+
+def _drop_missing_visit_files(path: Path, manifest: pd.DataFrame, issues: list[dict[str, str]]) -> None:
+    """A later visit's volume named in the manifest but absent on disk: recorded, and the visit treated as
+    missing for that patient (the baseline still serves)."""
+    from common.site_cache import LATER_VISITS
+
+    for visit in LATER_VISITS:
+        col = visit_columns(visit)[0]
+        if col not in manifest.columns:
+            continue
+        for pid, rel in manifest[col].items():
+            if isinstance(rel, str) and rel.strip() and not (path / rel).is_file():
+                issues.append({"patient": str(pid), "field": col,
+                               "reason": f"{visit} visit volume missing: {path / rel}; visit treated as missing"})
+                manifest.loc[pid, col] = np.nan
 
 
 def check_same_prep(caches: Sequence[SiteCache]) -> str:

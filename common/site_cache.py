@@ -218,7 +218,7 @@ def read_report(cache_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path}: {exc}") from exc
 
 
-__all__ = ["CLINICAL", "KINETICS", "KINETICS_COLUMNS", "KINETIC_FEATURES", "LATER_VISITS", "MANIFEST", "MANIFEST_COLUMNS",
-           "MANIFEST_REQUIRED", "PREP_CONFIG", "REPORT", "VOLUMES", "read_manifest", "read_prep_config",
-           "read_prep_hash", "read_report", "read_table", "visit_columns", "volume_path", "write_bytes", "write_cache_tables",
-           "write_json", "write_prep_config", "write_table", "write_volume"]
+__all__ = ["CLINICAL", "KINETICS", "KINETICS_COLUMNS", "KINETIC_FEATURES", "LATER_VISITS", "MANIFEST",
+           "MANIFEST_COLUMNS", "MANIFEST_REQUIRED", "PREP_CONFIG", "REPORT", "VOLUMES", "read_manifest",
+           "read_prep_config", "read_prep_hash", "read_report", "read_table", "visit_columns", "volume_path",
+           "write_bytes", "write_cache_tables", "write_json", "write_prep_config", "write_table", "write_volume"]

@@ -71,7 +71,8 @@ def test_folds_keep_the_heldout_site_out_of_training(sites: tuple) -> None:
     data, cfg = sites
     folds = make_folds(data, cfg)
     assert [f.name for f in folds] == ["heldout-AAQ"]
-    assert folds[0].heldout == ["AAQ"] and "AAQ" not in folds[0].train and sorted(folds[0].train) == ["AAI", "ISPY1_AAB"]
+    assert folds[0].heldout == ["AAQ"] and "AAQ" not in folds[0].train
+    assert sorted(folds[0].train) == ["AAI", "ISPY1_AAB"]
 
 
 def test_pre_and_early_arms_train_without_the_heldout_site(sites: tuple, tmp_path: Path) -> None:

@@ -131,3 +131,16 @@ def test_dataset_yields_visit_keys_and_masks_missing_visits(site: dict) -> None:
     logits = [o["logit"] if isinstance(o, dict) else o for o in (out, out2)]
     diff = (logits[0] - logits[1]).abs().view(-1)
     assert diff[1] < 1e-6 < diff[0]  # the missing visit (ONE) is masked: its image does not matter
+
+
+def test_a_lost_early_volume_is_reported_and_masked(site: dict, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(site["out"], copy)
+    man = read_manifest(copy).set_index("patient_id")
+    (copy / man.loc["DIFF", "volume_early"]).unlink()
+    cache = load_cache(copy)
+    assert any(i["patient"] == "DIFF" and i["field"] == "volume_early" for i in cache.issues)
+    item = PCRDataset(cache, ["DIFF"])[0]
+    assert item["early_present"].item() == 0.0 and torch.count_nonzero(item["image_early"]) == 0

@@ -219,7 +219,8 @@ def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path,
                         ignored_files=ignored, clinical_issues=issues, prep_hash=prep_hash, n_files=len(files),
                         n_bytes=n_bytes, unreadable=unreadable, scan_seconds=scan_s,
                         seconds=time.perf_counter() - t_start,
-                        extra={"missing_visits": _missing_visits(manifest, cfg, results)} if len(cfg.visits) > 1 else {})
+                        extra={"missing_visits": _missing_visits(manifest, cfg, results)}
+                        if len(cfg.visits) > 1 else {})
     write_cache_tables(out, manifest, _clinical_rows(manifest, plan, table), kin,
                        {"config": to_dict(cfg), "hash": prep_hash}, _report(res, dicom, options))
     return res
