@@ -33,8 +33,9 @@ class SiteData:
     splits: dict[str, list[str]]
 
     def dataset(self, split: str, model_cfg: ModelConfig, augment: bool = False, seed: int = 0) -> PCRDataset:
+        # the model's visits: a cache without them is refused by name (never a silent stand-in)
         return PCRDataset(self.cache, self.splits[split], augment=augment,
-                          clinical_features=model_cfg.clinical_features, seed=seed)
+                          clinical_features=model_cfg.clinical_features, seed=seed, visits=model_cfg.visits)
 
 
 def load_site(path: str, seed: int, val_fraction: float, test_fraction: float) -> SiteData:

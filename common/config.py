@@ -61,9 +61,18 @@ class PrepConfig:
     interpolator: str = "linear"
     #: Which visit to use when several exist: "pre" = earliest (pre-treatment).
     visit: str = "pre"
+    #: Visits cached per patient: ``("pre",)`` = the baseline only; ``("pre", "early")`` also caches the
+    #: early-treatment visit (next StudyDate with a DCE) as a second volume, same preprocessing, cropped
+    #: around the baseline's tumour centre. A patient without the later visit is kept (recorded).
+    visits: tuple[str, ...] = ("pre",)
 
     def hash(self) -> str:
-        return stable_hash(self)
+        """Stable hash; ``visits`` enters it only when it differs from the default (so caches prepared
+        before the field existed keep their hash)."""
+        data = dataclasses.asdict(self)
+        if tuple(data["visits"]) == ("pre",):
+            del data["visits"]
+        return stable_hash(data)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from common.schema import MODEL_CLINICAL_FEATURES, RECEPTOR_TARGETS, encode_clinical
-from common.site_cache import CLINICAL, MANIFEST, PREP_CONFIG, read_manifest, read_prep_config, read_table
+from common.site_cache import CLINICAL, MANIFEST, PREP_CONFIG, read_manifest, read_prep_config, read_table, \
+    visit_columns
 
 #: In-memory volume cache budget per dataset (bytes of float16); larger caches are read from disk each time.
 MEMORY_BUDGET = 1 << 30
@@ -50,6 +51,19 @@ class SiteCache:
 
     def labelled_ids(self) -> list[str]:
         return [pid for pid, y in zip(self.ids, self.labels()) if not np.isnan(y)]
+
+    @property
+    def visits(self) -> tuple[str, ...]:
+        """Visits the cache holds (``PrepConfig.visits``; ``("pre",)`` for caches prepared without it)."""
+        return tuple(self.prep_config.get("visits") or ("pre",))
+
+    def check_visits(self, visits: Sequence[str]) -> None:
+        """Raise ValueError naming the cache when it lacks a visit a model reads."""
+        absent = [v for v in visits if v not in self.visits]
+        if absent:
+            raise ValueError(f"site cache {self.path} holds visits {list(self.visits)} but the model reads "
+                             f"{list(visits)} (missing {absent}); re-prepare the site with PrepConfig.visits = "
+                             f"{list(visits)}")
 
 
 def _parse_label(value: Any, pid: str, path: Path) -> float:
@@ -109,6 +123,7 @@ def load_cache(path: str | Path) -> SiteCache:
         if not ok:
             issues.append({"patient": pid, "field": "volume", "reason": f"volume file missing: {path / rel}"})
     manifest = manifest.loc[keep].set_index("patient_id", drop=False)
+    _drop_missing_visit_files(path, manifest, issues)
 
     clin_path = path / CLINICAL
     clinical = read_table(path, CLINICAL)
@@ -118,6 +133,22 @@ def load_cache(path: str | Path) -> SiteCache:
         issues.append({"patient": pid, "field": "clinical", "reason": f"no row in {clin_path}; clinical inputs missing"})
     return SiteCache(path=path, manifest=manifest, clinical=clinical, prep_config=dict(prep["config"]),
                      prep_hash=prep_hash, channels=channels, issues=issues)
+
+
+def _drop_missing_visit_files(path: Path, manifest: pd.DataFrame, issues: list[dict[str, str]]) -> None:
+    """A later visit's volume named in the manifest but absent on disk: recorded, and the visit treated as
+    missing for that patient (the baseline still serves)."""
+    from common.site_cache import LATER_VISITS
+
+    for visit in LATER_VISITS:
+        col = visit_columns(visit)[0]
+        if col not in manifest.columns:
+            continue
+        for pid, rel in manifest[col].items():
+            if isinstance(rel, str) and rel.strip() and not (path / rel).is_file():
+                issues.append({"patient": str(pid), "field": col,
+                               "reason": f"{visit} visit volume missing: {path / rel}; visit treated as missing"})
+                manifest.loc[pid, col] = np.nan
 
 
 def check_same_prep(caches: Sequence[SiteCache]) -> str:
@@ -164,13 +195,16 @@ class PCRDataset(Dataset):
     """Patients of one site cache as model-ready dicts (see docs/CONTRACTS.md §2).
 
     ``channels`` selects a subset of the cache's channels by name (default: all, in cache order);
-    ``augment`` applies the MONAI training augmentation on the fly.
+    ``augment`` applies the MONAI training augmentation on the fly (the same draw to every visit).
+    ``visits``: the visits to serve (a model's ``ModelConfig.visits``; default: every visit the cache holds).
+    Each later visit ``v`` adds ``image_<v>``, ``<v>_present`` and ``<v>_days`` (``common.models.visits``);
+    a patient without it gets zeros and present = 0. A visit the cache lacks raises ValueError.
     """
 
     def __init__(self, cache: SiteCache, ids: Sequence[str], augment: bool = False, *,
                  channels: Sequence[str] | None = None,
                  clinical_features: Sequence[str] = MODEL_CLINICAL_FEATURES, seed: int = 0,
-                 memory_budget: int = MEMORY_BUDGET) -> None:
+                 memory_budget: int = MEMORY_BUDGET, visits: Sequence[str] | None = None) -> None:
         self.cache = cache
         self.ids = [str(i) for i in ids]
         unknown = [i for i in self.ids if i not in cache.manifest.index]
@@ -186,12 +220,30 @@ class PCRDataset(Dataset):
         self.clinical, self.clinical_present = encode_clinical(rows, tuple(clinical_features))
         self.receptors, self.receptors_present = encode_clinical(rows, RECEPTOR_TARGETS)
         self.paths = [cache.path / str(v) for v in cache.manifest.loc[self.ids, "volume"]]
+        visits = cache.visits if visits is None else tuple(visits)
+        cache.check_visits(visits)
+        self.later_visits = tuple(v for v in visits if v != "pre")
+        self.visit_paths, self.visit_days = self._visit_files(cache)
         self.augment = augment
         self._transform = None
         self._seed = seed
         self._memory: dict[int, np.ndarray] = {}
         self._budget = memory_budget
         self._used = 0
+
+    def _visit_files(self, cache: SiteCache) -> tuple[dict[str, list[Path | None]], dict[str, np.ndarray]]:
+        """Per later visit: each patient's volume file (None = missing) and days since baseline (0 if unknown)."""
+        paths: dict[str, list[Path | None]] = {}
+        days: dict[str, np.ndarray] = {}
+        for v in self.later_visits:
+            vol_col, _, days_col = visit_columns(v)
+            rows = cache.manifest.reindex(self.ids)
+            vols = rows[vol_col] if vol_col in rows.columns else pd.Series([""] * len(self.ids))
+            paths[v] = [None if pd.isna(r) or str(r).strip() in ("", "nan") else cache.path / str(r) for r in vols]
+            d = pd.to_numeric(rows[days_col], errors="coerce") if days_col in rows.columns else \
+                pd.Series(np.nan, index=rows.index)
+            days[v] = np.nan_to_num(d.to_numpy(dtype=np.float64), nan=0.0).astype(np.float32)
+        return paths, days
 
     @property
     def in_channels(self) -> int:
@@ -206,10 +258,11 @@ class PCRDataset(Dataset):
         if self._transform is not None:
             self._transform.set_random_state(seed=self._seed)
 
-    def _volume(self, i: int) -> np.ndarray:
-        if i in self._memory:
-            return self._memory[i]
-        path = self.paths[i]
+    def _volume(self, i: int, visit: str = "pre") -> np.ndarray:
+        key = i if visit == "pre" else (i, visit)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.paths[i] if visit == "pre" else self.visit_paths[visit][i]
         try:
             arr = np.load(path, mmap_mode=None, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -219,24 +272,36 @@ class PCRDataset(Dataset):
                              f"({len(self.cache.channels)}, Z, Y, X) for channels {list(self.cache.channels)}")
         arr = arr[self.channel_index]
         if self._used + arr.nbytes <= self._budget:
-            self._memory[i] = arr
+            self._memory[key] = arr
             self._used += arr.nbytes
         return arr
 
+    def _images(self, i: int) -> dict[str, np.ndarray]:
+        """The baseline image and each later visit's (zeros when the patient lacks it), float32."""
+        images = {"image": self._volume(i).astype(np.float32)}
+        for v in self.later_visits:
+            present = self.visit_paths[v][i] is not None
+            images[f"image_{v}"] = self._volume(i, v).astype(np.float32) if present else \
+                np.zeros_like(images["image"])
+        return images
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image = self._volume(i).astype(np.float32)
+        images = self._images(i)
         if self.augment:
             if self._transform is None:
                 from common.augment import train_transform
 
-                self._transform = train_transform()
+                self._transform = train_transform(keys=tuple(images))  # one draw for all visits
                 self._transform.set_random_state(seed=self._seed)
-            image = self._transform({"image": image})["image"]
-        image_t = torch.as_tensor(image, dtype=torch.float32)
-        if hasattr(image_t, "as_tensor"):
-            image_t = image_t.as_tensor()  # MetaTensor -> plain tensor
+            images = self._transform(images)
+        out = {key: _plain_tensor(img) for key, img in images.items()}
+        for v in self.later_visits:
+            out[f"{v}_present"] = torch.tensor(float(self.visit_paths[v][i] is not None), dtype=torch.float32)
+            out[f"{v}_days"] = torch.tensor(self.visit_days[v][i], dtype=torch.float32)
+        image_t = out.pop("image")
         return {
-            "image": image_t.contiguous(),
+            **out,
+            "image": image_t,
             "clinical": torch.from_numpy(self.clinical[i]),
             "clinical_present": torch.from_numpy(self.clinical_present[i]),
             "receptors": torch.from_numpy(self.receptors[i]),
@@ -246,6 +311,14 @@ class PCRDataset(Dataset):
         }
 
 
+def _plain_tensor(image: Any) -> torch.Tensor:
+    """A contiguous float32 torch tensor (MONAI MetaTensor unwrapped)."""
+    t = torch.as_tensor(image, dtype=torch.float32)
+    if hasattr(t, "as_tensor"):
+        t = t.as_tensor()
+    return t.contiguous()
+
+
 def pool_datasets(datasets: Sequence[PCRDataset]) -> Dataset:
     """Pool several sites' datasets for centralised training; refuses differing preprocessing."""
     datasets = list(datasets)
@@ -253,6 +326,9 @@ def pool_datasets(datasets: Sequence[PCRDataset]) -> Dataset:
     chans = {d.channels for d in datasets}
     if len(chans) > 1:
         raise ValueError(f"pooled datasets use different channels: {sorted(chans)}")
+    visits = {d.later_visits for d in datasets}
+    if len(visits) > 1:
+        raise ValueError(f"pooled datasets serve different later visits: {sorted(visits)}")
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 

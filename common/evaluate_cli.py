@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise ValueError(f"no labelled patients to evaluate in {cache.path} ({note})")
     tc = bundle.train_config if args.device is None else dataclasses.replace(bundle.train_config, device=args.device)
-    ds = PCRDataset(cache, ids, augment=False, clinical_features=bundle.model_config.clinical_features)
+    ds = PCRDataset(cache, ids, augment=False, clinical_features=bundle.model_config.clinical_features,
+                    visits=bundle.model_config.visits)  # refuses a cache without the model's visits
     labels, scores = predict(bundle.model, ds, tc)
     context = {"site": cache.site, "cache": str(cache.path), "model": str(bundle.path), "prep_hash": cache.prep_hash,
                "model_hash": bundle.meta.get("model_hash"), "train_sites": bundle.train_sites,

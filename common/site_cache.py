@@ -42,7 +42,13 @@ _MANIFEST: dict[str, bool] = {
     "echo_time": False, "view": False, "t2_present": False, "n_phases": False, "phase_times": False,
     "crop_centre": False, "series_choice": False, "study_date": False, "study_uid": False, "dce_series": False,
     "t2_series": False, "tumour_box": False, "box_source": False,
+    # a later visit (PrepConfig.visits): its volume (empty = the patient has no such visit), StudyDate and
+    # days since the baseline StudyDate; one triple per LATER_VISITS entry
+    "volume_early": False, "study_date_early": False, "days_early": False,
 }
+#: Later imaging visits a cache may hold besides the baseline (PrepConfig.visits[1:]); the manifest has
+#: ``volume_<v>``, ``study_date_<v>`` and ``days_<v>`` for each.
+LATER_VISITS: tuple[str, ...] = ("early",)
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(_MANIFEST)
 MANIFEST_REQUIRED: tuple[str, ...] = tuple(c for c, needed in _MANIFEST.items() if needed)
 #: The kinetic features (``common.preprocess.kinetics`` computes them) and the kinetics.csv columns.
@@ -53,8 +59,9 @@ KINETICS_COLUMNS: tuple[str, ...] = ("patient_id", *KINETIC_FEATURES, "n_phases"
 
 # ----------------------------------------------------------------------------- names
 
-def volume_path(patient_id: str) -> str:
-    """Cache-relative volume file of a patient: ``volumes/<sanitised id>_<10 hex of sha256(raw id)>.npy``.
+def volume_path(patient_id: str, visit: str | None = None) -> str:
+    """Cache-relative volume file of a patient: ``volumes/<sanitised id>_<10 hex of sha256(raw id)>.npy``
+    (``..._<visit>.npy`` for a later visit, e.g. ``early``).
 
     The hash of the raw ID keeps IDs that sanitise alike (``A B`` / ``A_B``, or ``AB`` / ``ab`` on a
     case-insensitive file system) in different files.
@@ -62,7 +69,13 @@ def volume_path(patient_id: str) -> str:
     raw = str(patient_id)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:80] or "_"
     digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:10]
-    return f"{VOLUMES}/{safe}_{digest}.npy"
+    tail = f"_{visit}" if visit and visit != "pre" else ""
+    return f"{VOLUMES}/{safe}_{digest}{tail}.npy"
+
+
+def visit_columns(visit: str) -> tuple[str, str, str]:
+    """Manifest columns (volume, study date, days since baseline) of a later visit."""
+    return f"volume_{visit}", f"study_date_{visit}", f"days_{visit}"
 
 
 # ----------------------------------------------------------------------------- atomic writer
@@ -116,11 +129,12 @@ def write_table(path: str | Path, frame: "pd.DataFrame") -> None:
     write_bytes(path, data)
 
 
-def write_volume(cache_dir: str | Path, patient_id: str, volume: "np.ndarray") -> str:
-    """Save one patient's volume atomically; returns its cache-relative path (the manifest's ``volume``)."""
+def write_volume(cache_dir: str | Path, patient_id: str, volume: "np.ndarray", visit: str | None = None) -> str:
+    """Save one patient's volume (of ``visit``, default the baseline) atomically; returns its cache-relative
+    path (the manifest's ``volume`` / ``volume_<visit>``)."""
     import numpy as np
 
-    rel = volume_path(patient_id)
+    rel = volume_path(patient_id, visit)
     _atomic(Path(cache_dir) / rel, lambda fh: np.save(fh, volume, allow_pickle=False), suffix=".tmp.npy")
     return rel
 
@@ -204,7 +218,7 @@ def read_report(cache_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path}: {exc}") from exc
 
 
-__all__ = ["CLINICAL", "KINETICS", "KINETICS_COLUMNS", "KINETIC_FEATURES", "MANIFEST", "MANIFEST_COLUMNS",
-           "MANIFEST_REQUIRED", "PREP_CONFIG", "REPORT", "VOLUMES", "read_manifest", "read_prep_config",
-           "read_prep_hash", "read_report", "read_table", "volume_path", "write_bytes", "write_cache_tables",
-           "write_json", "write_prep_config", "write_table", "write_volume"]
+__all__ = ["CLINICAL", "KINETICS", "KINETICS_COLUMNS", "KINETIC_FEATURES", "LATER_VISITS", "MANIFEST",
+           "MANIFEST_COLUMNS", "MANIFEST_REQUIRED", "PREP_CONFIG", "REPORT", "VOLUMES", "read_manifest",
+           "read_prep_config", "read_prep_hash", "read_report", "read_table", "visit_columns", "volume_path",
+           "write_bytes", "write_cache_tables", "write_json", "write_prep_config", "write_table", "write_volume"]

@@ -136,7 +136,7 @@ def _site_splits(caches: list[Any], train_cfg: TrainConfig, model_cfg: Any) -> t
         splits["sites"][site] = {"cache": str(cache.path.resolve()), **sp}
         print(f"{site}: {len(sp['train'])} train / {len(sp['val'])} val / {len(sp['test'])} test (held back) "
               f"patients, {int(np.nansum(cache.labels(ids)))} pCR of {len(ids)}")
-        kw = {"clinical_features": model_cfg.clinical_features, "seed": train_cfg.seed}
+        kw = {"clinical_features": model_cfg.clinical_features, "seed": train_cfg.seed, "visits": model_cfg.visits}
         train_parts.append(PCRDataset(cache, sp["train"], augment=train_cfg.augment, **kw))
         val_parts.append(PCRDataset(cache, sp["val"], augment=False, **kw))
     return splits, train_parts, val_parts

@@ -18,7 +18,7 @@ import numpy as np
 
 from common.config import TrainConfig
 from simulation.arm_result import ArmResult, evaluate_predictions, metric_rows
-from simulation.experiment_config import ALL_ARMS, FEDERATED_ARMS, ExperimentConfig
+from simulation.experiment_config import ALL_ARMS, FEDERATED_ARMS, VISIT_ARMS, ExperimentConfig
 from simulation.folds import Fold, SiteData, test_sets
 
 
@@ -48,12 +48,13 @@ def run_arm(cfg: ExperimentConfig, sites: dict[str, SiteData], fold: Fold, arm_n
             arm.history = []  # local training curves are not federated rounds
             _evaluate_arm(arm, fold, sites, _network_scorer(model, mcfg, cfg.train, sites), cfg)
             out.append(arm)
-    elif arm_name in ("pooled", "image-only", "clinical-only"):
+    elif arm_name in ("pooled", "image-only", "clinical-only", *VISIT_ARMS):
         arm = new(arm_name, fold.train)
         kind = "fusion" if arm_name == "pooled" else arm_name
         model, mcfg, arm.threshold, _ = _train_network(cfg, sites, fold.train, seed, kind)
         arm.notes.append(f"{arm_name}: centralised training on the pooled training splits of the training sites, "
-                         f"{cfg.epochs} epochs, early stopping + threshold on their pooled validation splits")
+                         f"{cfg.epochs} epochs, early stopping + threshold on their pooled validation splits; "
+                         f"visits {'+'.join(mcfg.visits)}")
         _evaluate_arm(arm, fold, sites, _network_scorer(model, mcfg, cfg.train, sites), cfg)
         out.append(arm)
     elif arm_name in ("clinical-lr", "kinetic"):
@@ -65,7 +66,7 @@ def run_arm(cfg: ExperimentConfig, sites: dict[str, SiteData], fold: Fold, arm_n
     elif arm_name in FEDERATED_ARMS:
         out.append(_federated_arm(cfg, sites, fold, arm_name, seed, work, new))
     else:
-        raise ValueError(f"unknown arm {arm_name!r}; known: {ALL_ARMS}")
+        raise ValueError(f"unknown arm {arm_name!r}; known: {ALL_ARMS + VISIT_ARMS}")
     dt = (time.perf_counter() - t0) / max(1, len(out))
     for arm in out:
         arm.seconds = dt
@@ -134,23 +135,27 @@ def _record_training(arm: ArmResult, fold: Fold, sites: dict[str, SiteData], tra
 
 
 def _model_cfg(cfg: ExperimentConfig, kind: str) -> Any:
-    """The model preset for an arm kind (``fusion``, ``image-only``, ``clinical-only``)."""
+    """The model preset for an arm kind (``fusion``, ``image-only``, ``clinical-only``, ``pooled-early`` = fusion
+    reading the baseline and the early-treatment visit)."""
     from common.models.config import preset as model_preset
 
     overrides: dict[str, Any] = {"in_channels": len(cfg.prep.channels)}
-    if kind == "image-only":
+    if kind == "pooled-early":
+        overrides.update(visits=("pre", "early"))
+    elif kind == "image-only":
         overrides.update(use_clinical=False, modality_dropout=0.0)
     elif kind == "clinical-only":
         overrides.update(use_image=False, aux_receptor_head=False, modality_dropout=0.0)
     return model_preset(cfg.model_preset, **overrides)
 
 
-def _datasets(sites: dict[str, SiteData], names: list[str], seed: int, part: str, augment: bool) -> Any:
-    """One pooled dataset of the ``part`` split (train/val/test) of sites ``names``."""
+def _datasets(sites: dict[str, SiteData], names: list[str], seed: int, part: str, augment: bool,
+              visits: tuple[str, ...] = ("pre",)) -> Any:
+    """One pooled dataset of the ``part`` split (train/val/test) of sites ``names``, serving ``visits``."""
     from common.data import PCRDataset, pool_datasets
 
-    return pool_datasets([PCRDataset(sites[s].loaded, sites[s].splits[seed][part], augment=augment, seed=seed)
-                          for s in names])
+    return pool_datasets([PCRDataset(sites[s].loaded, sites[s].splits[seed][part], augment=augment, seed=seed,
+                                     visits=visits) for s in names])
 
 
 def _network_scorer(model: Any, model_cfg: Any, train_cfg: TrainConfig,
@@ -160,7 +165,7 @@ def _network_scorer(model: Any, model_cfg: Any, train_cfg: TrainConfig,
     from common.train import predict
 
     def score(site: str, ids: list[str]) -> np.ndarray:
-        _, s = predict(model, PCRDataset(sites[site].loaded, ids, augment=False), train_cfg)
+        _, s = predict(model, PCRDataset(sites[site].loaded, ids, augment=False, visits=model_cfg.visits), train_cfg)
         return np.asarray(s, dtype=float)
 
     return score
@@ -178,8 +183,8 @@ def _train_network(cfg: ExperimentConfig, sites: dict[str, SiteData], names: lis
     model_cfg = _model_cfg(cfg, kind)
     train_cfg = replace(cfg.train, seed=seed, epochs=cfg.epochs)
     model = build_model(model_cfg)
-    res = fit(model, _datasets(sites, names, seed, "train", train_cfg.augment),
-              _datasets(sites, names, seed, "val", False), train_cfg, log=None)
+    res = fit(model, _datasets(sites, names, seed, "train", train_cfg.augment, model_cfg.visits),
+              _datasets(sites, names, seed, "val", False, model_cfg.visits), train_cfg, log=None)
     model.load_state_dict(res.best_state)
     history = [dict(h) for h in (res.history or [])]
     return model, model_cfg, float(res.threshold), history

@@ -21,6 +21,7 @@ from common.parallel import map_with_progress
 from simulation.clinical_writer import write_boxes, write_duke_clinical, write_ispy2_clinical, write_mama_mia_csv
 from simulation.cohort_sites import DEFAULT_SITES, Anchor, SiteSpec, load_mama_mia, resolve_sites, select_anchors
 from simulation.dicom_writer import ScannerInfo, StudyContext, safe_name, uid, write_series
+from simulation.early_visit import plan_early_visit
 from simulation.phantom import Nuisance, draw_anatomy, draw_phenotype, fov_centre, frame, phenotype_dict, render
 
 COHORT_VERSION = "1"
@@ -149,14 +150,16 @@ def _patient_job(job: tuple[SiteSpec, Anchor, CohortConfig, int, str]) -> dict[s
     pdir = Path(out) / site.name / "dicom" / a.patient_id
     row: dict[str, object] = {}
     n_files = 0
-    visits = [0, 1] if cfg.early_visit else [0]
+    early = plan_early_visit(site.collection, a.mama_id, a.pcr, cfg.seed) if cfg.early_visit else None
+    visits = [0, 1] if cfg.early_visit and (early is None or early.present) else [0]
+    early_scale = pheno.early_visit_shrink if early is None else early.diameter_scale
     for visit in visits:
         when = start + timedelta(days=0 if visit == 0 else int(rng.integers(18, 35)))
         ctx, study_folder = _study_context(site, a, cfg.seed, visit, when, rng, index)
         shift = np.zeros(3) if visit == 0 else rng.normal(0.0, 3.0, 3)
         origin, u, v, n = frame(geom, tuple(np.asarray(centre) + shift))
         phases, t2_img, box = render(geom, origin, u, v, n, anatomy, pheno, times, nu, rng,
-                                     diameter_scale=1.0 if visit == 0 else pheno.early_visit_shrink, t2=cfg.t2)
+                                     diameter_scale=1.0 if visit == 0 else early_scale, t2=cfg.t2)
         sdir = pdir / study_folder
         if site.style == "duke":
             descs, numbers = duke_descriptions(a.manufacturer, len(times), scheme)
@@ -201,7 +204,12 @@ def _patient_job(job: tuple[SiteSpec, Anchor, CohortConfig, int, str]) -> dict[s
         else:
             row["early_visit_box"] = ";".join(str(b) for b in box)
             row["early_visit_dir"] = str(sdir.relative_to(Path(out) / site.name))
+            row["early_visit_date"] = ctx.study_date
     row.update(phenotype_dict(pheno))
+    if cfg.early_visit:  # what the early visit's tumour change followed (simulation.early_visit)
+        row.update(early_visit=int(len(visits) > 1), early_visit_scale=round(early_scale, 4) if len(visits) > 1 else "",
+                   early_ftv_pch=round(early.ftv_pch, 3) if early is not None and early.present else "",
+                   early_ftv_source="phantom" if early is None else early.source)
     row["signal"] = cfg.signal
     row["n_files"] = n_files
     return row

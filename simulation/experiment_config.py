@@ -13,6 +13,10 @@ from common.config import PrepConfig, TrainConfig, to_dict
 ALL_ARMS: tuple[str, ...] = ("local", "pooled", "fedavg", "fedprox", "fedbn", "fedadam", "clinical-lr",
                              "kinetic", "image-only", "clinical-only")
 
+#: Arms whose model also reads the early-treatment visit (ModelConfig.visits = ("pre", "early")); they need
+#: caches prepared with PrepConfig.visits = ("pre", "early") (the ``early-visit`` experiment).
+VISIT_ARMS: tuple[str, ...] = ("pooled-early",)
+
 #: Arms trained by Flower (ServerApp + ClientApp in the simulation engine).
 FEDERATED_ARMS: tuple[str, ...] = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
 
@@ -39,6 +43,8 @@ class ExperimentConfig:
     cohort_sites: tuple[str, ...] | None = None
     patients_per_site: int | None = None
     cohort_seed: int = 0
+    #: Embedded cohort: write the early-treatment visit (I-SPY-style sites; simulation.early_visit).
+    early_visit: bool = False
     arms: tuple[str, ...] = ALL_ARMS
     #: Leave-one-institution-out over this list (empty = the first site).
     heldout: tuple[str, ...] = ()
@@ -66,8 +72,17 @@ class ExperimentConfig:
         return max(1, self.epochs // self.local_epochs)
 
 
+#: The early-visit experiment's data: I-SPY2 AAI and AAQ, I-SPY1 AAB with their early-treatment visits, both
+#: visits cached (PrepConfig.visits); the held-out institution is I-SPY2 AAQ (Philips; it never trains).
+_EARLY: dict[str, Any] = {
+    "cohort_sites": ("AAI", "AAQ", "ISPY1_AAB"), "early_visit": True, "heldout": ("AAQ",),
+    "arms": ("pooled", "pooled-early", "clinical-lr"), "prep": PrepConfig(visits=("pre", "early")),
+}
+
+
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
-    """Named experiment presets: ``default`` (10 min / 2 CPU), ``quick`` (3 min), ``mrp``, ``tiny`` (tests)."""
+    """Named experiment presets: ``default`` (10 min / 2 CPU), ``quick`` (3 min), ``mrp``, ``tiny`` (tests),
+    ``early-visit`` / ``early-visit-quick`` (pre-only vs pre+early fusion at a held-out I-SPY2 site)."""
     base = ExperimentConfig(name=name)
     presets: dict[str, dict[str, Any]] = {
         "default": {"heldout": ("DUKE", "AAI"), "federated_heldout": ("DUKE",)},
@@ -76,6 +91,9 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
         "mrp": {"heldout": (), "heldout_collections": ("duke", "ispy2"), "seeds": (0,)},
         "tiny": {"seeds": (0,), "epochs": 2, "local_epochs": 1, "n_boot": 50,
                  "arms": ("local", "pooled", "fedavg", "clinical-lr", "kinetic", "image-only")},
+        # pre-only vs pre+early fusion, trained pooled on I-SPY-style sites, tested at an unseen I-SPY2 site
+        "early-visit": {**_EARLY, "seeds": (0, 1), "epochs": 8},
+        "early-visit-quick": {**_EARLY, "seeds": (0,), "epochs": 4, "patients_per_site": 16, "n_boot": 300},
     }
     if name not in presets:
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(presets)}")

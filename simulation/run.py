@@ -3,7 +3,8 @@
 Generates the embedded cohort when missing, prepares every site, runs the arms (resuming finished ones),
 writes results.csv / cross_site.json / report.md / plots, and prints the report's path. ``--experiment
 clinical`` runs the real clinical-only experiment on the public MAMA-MIA table (no images needed);
-``--experiment longitudinal`` the real I-SPY2 early-treatment MRI experiment.
+``--experiment longitudinal`` the real I-SPY2 early-treatment MRI experiment; ``--experiment early-visit``
+the semi-synthetic one (pre-only vs pre+early fusion at a held-out I-SPY2 site).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="the 3-minute configuration (1 seed, fewer arms)")
     p.add_argument("--experiment", default=None,
-                   choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal", "privacy"],
+                   choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal", "privacy", "early-visit"],
                    help="named experiment (default: 'default', or 'quick' with --quick)")
     p.add_argument("--dataset", default="embedded", choices=["embedded", *REAL_DATASETS],
                    help="embedded semi-synthetic cohort, or a real collection under --data-root")
@@ -72,6 +73,8 @@ def experiment_config(args: argparse.Namespace):  # -> ExperimentConfig
     from simulation.experiment_config import preset
 
     name = args.experiment or ("quick" if args.quick else "default")
+    if name == "early-visit" and args.quick:  # pre-only vs pre+early fusion, the quick size
+        name = "early-visit-quick"
     over: dict = {"dataset": args.dataset}
     if args.data_root is not None:
         over["data_root"] = str(args.data_root)

@@ -24,14 +24,17 @@ def prepare_sites(cfg: ExperimentConfig, out_dir: Path, *, clinical: Path | None
         from common.hashing import stable_hash
 
         # One cohort folder per generator setting, so --quick and the default run never overwrite each other.
-        key = stable_hash({"sites": list(cfg.cohort_sites or ()), "patients_per_site": cfg.patients_per_site,
-                           "seed": cfg.cohort_seed})[:8]
+        setting: dict[str, Any] = {"sites": list(cfg.cohort_sites or ()), "patients_per_site": cfg.patients_per_site,
+                                   "seed": cfg.cohort_seed}
+        if cfg.early_visit:  # only when set, so the folders of earlier cohorts keep their names
+            setting["early_visit"] = True
+        key = stable_hash(setting)[:8]
         cohort = out_dir / f"cohort-{key}"
         if not (cohort / "cohort.json").is_file():
             from simulation.cohort import write_cohort
 
             progress(f"generating the embedded cohort in {cohort} ...")
-            kwargs: dict[str, Any] = {"seed": cfg.cohort_seed}
+            kwargs: dict[str, Any] = {"seed": cfg.cohort_seed, "early_visit": cfg.early_visit}
             if cfg.cohort_sites:
                 kwargs["sites"] = list(cfg.cohort_sites)
             if cfg.patients_per_site:

@@ -22,7 +22,7 @@ from common.preprocess.kinetics import KINETIC_COLUMNS, kinetic_features
 from common.preprocess.localise import annotation_box, locate
 from common.preprocess.volume import box_centre, from_array, mask_centre, n4_field, onto, output_grid, \
     phase_image, same_grid, to_array
-from common.site_cache import write_volume
+from common.site_cache import visit_columns, write_volume
 
 
 @dataclass
@@ -58,7 +58,46 @@ def process_patient(pid: str, heads: list[SliceHeader], cfg: PrepConfig, box: An
     rel = write_volume(out, pid, vol)
     row = _manifest_row(pid, nat, cfg, site, label, rel, times, centre, t2_present)
     row.update(tumour_box=";".join(str(b) for b in tbox) if tbox is not None else "", box_source=source)
-    return {"row": row, "kinetics": krow}
+    notes = []
+    for visit in cfg.visits[1:]:
+        cols, note = _later_visit(pid, heads, cfg, visit, centre if cfg.crop == "tumour" else None,
+                                  nat.sel.study.date, out)
+        row.update(cols)
+        if note:
+            notes.append({"patient": pid, "visit": visit, "reason": note})
+    return {"row": row, "kinetics": krow, "visit_notes": notes}
+
+
+def _days_between(first: str | None, later: str | None) -> str:
+    """Whole days between two DICOM dates (YYYYMMDD); empty when either is missing or malformed."""
+    from datetime import datetime
+
+    try:
+        return str((datetime.strptime(str(later), "%Y%m%d") - datetime.strptime(str(first), "%Y%m%d")).days)
+    except (TypeError, ValueError):
+        return ""
+
+
+def _later_visit(pid: str, heads: list[SliceHeader], cfg: PrepConfig, visit: str, centre: Any,
+                 base_date: str | None, out: str) -> tuple[dict[str, str], str]:
+    """Cache one later visit (same harmonisation; crop centred on the baseline tumour centre ``centre``, or on
+    its own body mask for crop='breast'). Returns its manifest columns and, when the visit is missing or
+    unusable, empty columns and the reason (the patient is kept)."""
+    vol_col, date_col, days_col = visit_columns(visit)
+    try:
+        nat = _read_native(pid, heads, cfg, visit)
+        mask_img = body_mask(nat.pre)
+        arrays, pad = _harmonise(nat, cfg, mask_img, to_array(mask_img) > 0)
+        grid = output_grid(nat.pre, centre if centre is not None else mask_centre(mask_img), cfg.orientation,
+                           cfg.spacing_mm, cfg.shape)
+        vol, _ = _channels(nat, arrays, pad, cfg, grid)
+        if not np.all(np.isfinite(vol)):
+            raise ValueError(f"patient {pid}: non-finite values in the {visit} visit after preprocessing")
+    except (DicomError, ValueError) as exc:
+        return {vol_col: "", date_col: "", days_col: ""}, str(exc)
+    rel = write_volume(out, pid, vol, visit)
+    date = nat.sel.study.date or ""
+    return {vol_col: rel, date_col: date, days_col: _days_between(base_date, date)}, ""
 
 
 def _tumour_box(pid: str, nat: _Native, cfg: PrepConfig, ann: Annotation | None, mask: np.ndarray
@@ -80,9 +119,10 @@ def _tumour_box(pid: str, nat: _Native, cfg: PrepConfig, ann: Annotation | None,
     return box, source
 
 
-def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig) -> _Native:
-    """Select the series, check the channels, read every phase onto the pre-contrast grid."""
-    sel = select_series(pid, heads, cfg.visit)
+def _read_native(pid: str, heads: list[SliceHeader], cfg: PrepConfig, visit: str | None = None) -> _Native:
+    """Select the series (of ``visit``, default ``cfg.visit``), check the channels, read every phase onto the
+    pre-contrast grid."""
+    sel = select_series(pid, heads, visit or cfg.visit)
     names = [p.name for p in sel.phases]
     n_post = len(names) - 1
     for ch in cfg.channels:

@@ -24,8 +24,8 @@ from common.preprocess.dicom_headers import DicomError, SliceHeader, group_patie
 from common.preprocess.dicom_scan import scan_files
 from common.preprocess.match import Plan, plan_jobs
 from common.preprocess.patient import process_patient
-from common.site_cache import KINETICS, KINETICS_COLUMNS, MANIFEST, MANIFEST_COLUMNS, PREP_CONFIG, VOLUMES, \
-    read_prep_hash, volume_path, write_cache_tables
+from common.site_cache import KINETICS, KINETICS_COLUMNS, LATER_VISITS, MANIFEST, MANIFEST_COLUMNS, PREP_CONFIG, \
+    VOLUMES, read_prep_hash, visit_columns, volume_path, write_cache_tables
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class PrepareResult:
                  f"processed now, {len(self.reused)} reused), {len(self.skipped)} skipped, "
                  f"{len(self.ignored_files)} files ignored; {self.n_files} files / {self.n_bytes / 1e6:.1f} MB "
                  f"scanned in {self.scan_seconds:.1f}s; total {self.seconds:.1f}s; prep_hash {self.prep_hash}"]
+        missing = self.extra.get("missing_visits", [])
+        if missing:
+            lines.append(f"  {len(missing)} patients without a requested later visit (kept; see report.json "
+                         f"missing_visits), e.g. {missing[0]['patient']}: {missing[0]['reason']}")
         for u in self.unreadable[:20]:
             lines.append(f"  unreadable {u['folder']}: {u['reason']}")
         for s in self.skipped[:20]:
@@ -86,6 +90,13 @@ def validate_config(cfg: PrepConfig) -> None:
         raise ValueError(f"PrepConfig.interpolator must be 'linear' or 'bspline', got {cfg.interpolator!r}")
     if len(cfg.shape) != 3 or min(cfg.shape) < 1 or cfg.spacing_mm <= 0:
         raise ValueError(f"PrepConfig.shape/spacing_mm invalid: {cfg.shape}, {cfg.spacing_mm}")
+    if not cfg.visits or cfg.visits[0] != "pre" or len(set(cfg.visits)) != len(cfg.visits) or \
+            any(v not in LATER_VISITS for v in cfg.visits[1:]):
+        raise ValueError(f"PrepConfig.visits must be 'pre' followed by later visits among {', '.join(LATER_VISITS)} "
+                         f"(each once), got {list(cfg.visits)}")
+    if len(cfg.visits) > 1 and cfg.visit != "pre":
+        raise ValueError(f"PrepConfig.visits {list(cfg.visits)} needs the baseline visit 'pre', but PrepConfig.visit "
+                         f"is {cfg.visit!r}")
     for ch in cfg.channels:
         if ch not in PHASE_NAMES and ch != "t2" and not re.fullmatch(r"sub\d+", ch):
             raise ValueError(f"PrepConfig.channels: unknown channel {ch!r} (pre, postK, subK, t2)")
@@ -158,6 +169,10 @@ def _previous(out: Path, prep_hash: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if old_hash != prep_hash:
         return empty
     ok = (man["prep_hash"].astype(str) == prep_hash) & man["volume"].map(lambda v: (out / str(v)).exists())
+    for visit in LATER_VISITS:  # a later visit's volume recorded but gone: prepare the patient again
+        col = visit_columns(visit)[0]
+        if col in man.columns:
+            ok &= man[col].astype(str).map(lambda v: v in ("", "nan") or (out / v).exists())
     man = man[ok]
     kin = kin[kin["patient_id"].isin(set(man["patient_id"]))]
     return man, kin
@@ -199,11 +214,13 @@ def run_prepare(dicom: str | Path, clinical: str | Path | None, out: str | Path,
                                                       unit="pt", progress=progress, on_crash=_job_crashed)
     manifest, kin = _merge(results, plan, prev_man, prev_kin)
     ids = manifest["patient_id"].astype(str).tolist()
-    _remove_stale(out, set(manifest["volume"].astype(str)))
+    _remove_stale(out, _cached_volumes(manifest))
     res = PrepareResult(processed=ids, reused=sorted(set(plan.reused) & set(ids)), skipped=plan.skipped,
                         ignored_files=ignored, clinical_issues=issues, prep_hash=prep_hash, n_files=len(files),
                         n_bytes=n_bytes, unreadable=unreadable, scan_seconds=scan_s,
-                        seconds=time.perf_counter() - t_start)
+                        seconds=time.perf_counter() - t_start,
+                        extra={"missing_visits": _missing_visits(manifest, cfg, results)}
+                        if len(cfg.visits) > 1 else {})
     write_cache_tables(out, manifest, _clinical_rows(manifest, plan, table), kin,
                        {"config": to_dict(cfg), "hash": prep_hash}, _report(res, dicom, options))
     return res
@@ -244,6 +261,31 @@ def _merge(results: list[dict[str, Any]], plan: Plan, prev_man: pd.DataFrame, pr
     return manifest, kin.sort_values("patient_id").reset_index(drop=True)
 
 
+def _cached_volumes(manifest: pd.DataFrame) -> set[str]:
+    """Every volume file the manifest names (baseline and later visits)."""
+    keep = set(manifest["volume"].astype(str))
+    for visit in LATER_VISITS:
+        col = visit_columns(visit)[0]
+        if col in manifest.columns:
+            keep |= {v for v in manifest[col].astype(str) if v not in ("", "nan")}
+    return keep
+
+
+def _missing_visits(manifest: pd.DataFrame, cfg: PrepConfig, results: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Cached patients without a requested later visit, with the reason (this run's, or 'reused' for patients
+    kept from an earlier run): the report's ``missing_visits``."""
+    reasons = {(n["patient"], n["visit"]): n["reason"] for r in results for n in r.get("visit_notes", [])}
+    out = []
+    for visit in cfg.visits[1:]:
+        col = visit_columns(visit)[0]
+        for pid, rel in zip(manifest["patient_id"].astype(str), manifest[col].astype(str)):
+            if rel in ("", "nan"):
+                out.append({"patient": pid, "visit": visit,
+                            "reason": reasons.get((pid, visit), "no usable visit when this patient was prepared "
+                                                                "(reused from an earlier run)")})
+    return out
+
+
 def _clinical_rows(manifest: pd.DataFrame, plan: Plan, table: pd.DataFrame) -> pd.DataFrame:
     """The cached patients' clinical rows, ``patient_id`` in the DICOM spelling and ``site`` as prepared."""
     ids = manifest["patient_id"].astype(str).tolist()
@@ -263,7 +305,7 @@ def _report(res: PrepareResult, dicom: Path, options: PipelineOptions) -> dict[s
             "unreadable_folders": [{"folder": os.path.relpath(u["folder"], dicom), "reason": u["reason"]}
                                    for u in res.unreadable],
             "n_files": res.n_files, "n_bytes": res.n_bytes, "seconds": round(res.seconds, 2),
-            "unlabelled_policy": "kept" if options.keep_unlabelled else "skipped"}
+            "unlabelled_policy": "kept" if options.keep_unlabelled else "skipped", **res.extra}
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:
