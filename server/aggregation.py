@@ -20,6 +20,7 @@ from common.protocol import (
     N_POS,
     NUM_EXAMPLES,
     SITE,
+    SITE_AUROC,
     SITE_NAME,
     TEST_PREFIX,
     TP,
@@ -50,7 +51,9 @@ def sum_counts_aggr(records: list[RecordDict], weighting_key: str) -> MetricReco
     out = MetricRecord()
     weights = np.array([float(m[weighting_key]) for m in metrics])
     total = float(weights.sum()) or 1.0
-    for key in metrics[0].keys():
+    # Only keys every site sent: an opt-in per-site value (site-auroc, DP epsilon) is never pooled.
+    shared = [k for k in metrics[0].keys() if k != SITE_AUROC and all(k in m for m in metrics)]
+    for key in shared:
         values = [m[key] for m in metrics]
         if isinstance(values[0], list):
             out[key] = [int(v) for v in np.sum(np.asarray(values, dtype=np.int64), axis=0)]

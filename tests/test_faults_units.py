@@ -191,3 +191,29 @@ def test_wait_for_nodes_is_bounded() -> None:
     assert wait_for_nodes(_Nodes([[1]]), want=3, enough=2, patience=0.0, clock=RunClock(0.2), poll=0.01) == []
     sent = [_sent(7), _sent(8)]
     assert missing_nodes(sent, [_train_reply(7, "A", REF)]) == [8]
+
+
+def test_pooled_evaluation_with_an_opt_in_site_auroc_does_not_crash() -> None:
+    """One site opts into sending its own AUROC, the others do not: the pooled counts still sum (the opt-in
+    value is never averaged) instead of the ServerApp crashing on the missing key."""
+    from flwr.app import MetricRecord, RecordDict
+
+    from common.metrics_counts import THRESHOLD_GRID, auroc_from_counts, threshold_counts
+    from common.protocol import counts_to_lists
+    from server.aggregation import sum_counts_aggr
+
+    rng = np.random.default_rng(0)
+    records, total = [], 0
+    for k in range(3):
+        y = rng.integers(0, 2, 30).astype(float)
+        s = np.clip(0.3 * y + rng.uniform(0, 0.7, 30), 0, 1)
+        counts = np.asarray(threshold_counts(y, s, THRESHOLD_GRID))
+        total = total + counts
+        m = {"num-examples": 30, "n-pos": int(y.sum()), "n-neg": int(30 - y.sum()), "loss": 0.5,
+             **counts_to_lists(counts)}
+        if k == 0:
+            m["site-auroc"] = 0.9
+        records.append(RecordDict({"metrics": MetricRecord(m)}))
+    out = sum_counts_aggr(records, "num-examples")
+    assert "site-auroc" not in out and out["num-examples"] == 90
+    assert out["auroc"] == pytest.approx(float(auroc_from_counts(total)))
