@@ -32,7 +32,8 @@ def _cohort_note(y: np.ndarray) -> str:
     return f"n={y.size}, {int(y.sum())} pCR ({100 * y.mean():.0f}%)"
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out and write ``fig`` as a PNG (parent folders made); the one figure writer of the reports."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -64,7 +65,7 @@ def plot_roc(path: Path, curves: Curves, *, title: str, band: str | None = None,
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, title=_cohort_note(y0), title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pr(path: Path, curves: Curves, *, title: str) -> Path:
@@ -81,7 +82,7 @@ def plot_pr(path: Path, curves: Curves, *, title: str) -> Path:
     ax.set(xlim=(-0.01, 1.01), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8, title=_cohort_note(y0), title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(path: Path, curves: Curves, *, title: str, n_bins: int = 10) -> Path:
@@ -100,7 +101,7 @@ def plot_calibration(path: Path, curves: Curves, *, title: str, n_bins: int = 10
     ax.legend(loc="upper left", fontsize=8, title=f"{_cohort_note(y0)}; {n_bins} quantile bins", title_fontsize=8)
     hx.set(xlabel="predicted probability of pCR", ylabel="patients")
     hx.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_decision_curve(path: Path, curves: Curves, *, title: str, thresholds: np.ndarray | None = None) -> Path:
@@ -121,7 +122,7 @@ def plot_decision_curve(path: Path, curves: Curves, *, title: str, thresholds: n
            ylabel="net benefit", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8, title=_cohort_note(y0), title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["plot_calibration", "plot_decision_curve", "plot_pr", "plot_roc"]

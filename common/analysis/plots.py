@@ -13,15 +13,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-DPI = 120
+from common.plots import save_figure  # noqa: E402
 
-
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
 
 
 def plot_forest(path: Path, frame: pd.DataFrame, *, title: str, overall: float | None = None) -> Path:
@@ -43,7 +36,7 @@ def plot_forest(path: Path, frame: pd.DataFrame, *, title: str, overall: float |
         ax.axvline(overall, color="C3", ls="--", lw=1, label=f"all patients {overall:.3f}")
         ax.legend(fontsize=7, loc="lower right")
     ax.set(xlim=(0, 1), ylim=(-1, len(rows)), yticks=[], xlabel="AUROC (95% bootstrap CI)", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_audit(path: Path, frame: pd.DataFrame, *, title: str) -> Path:
@@ -65,7 +58,7 @@ def plot_audit(path: Path, frame: pd.DataFrame, *, title: str) -> Path:
     if other:
         ax.text(0.01, -0.55, "\n".join(other), transform=ax.transAxes, fontsize=6, va="top")
         fig.subplots_adjust(bottom=0.45)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _overlay(ax, base: np.ndarray, heat: np.ndarray | None, box: tuple[int, int, int, int] | None, title: str,
@@ -104,7 +97,7 @@ def plot_explanation(path: Path, *, pre: np.ndarray, sub: np.ndarray, gradcam: n
         ax.text(0.5, 0.5, "no clinical branch", ha="center")
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["plot_audit", "plot_explanation", "plot_forest"]
