@@ -82,7 +82,8 @@ _EARLY: dict[str, Any] = {
 
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
     """Named experiment presets: ``default`` (10 min / 2 CPU), ``quick`` (3 min), ``mrp``, ``tiny`` (tests),
-    ``early-visit`` / ``early-visit-quick`` (pre-only vs pre+early fusion at a held-out I-SPY2 site)."""
+    ``early-visit`` / ``early-visit-quick`` (pre-only vs pre+early fusion at a held-out I-SPY2 site),
+    ``privacy`` / ``privacy-quick`` (FedAvg at several DP budgets, held-out DUKE)."""
     base = ExperimentConfig(name=name)
     presets: dict[str, dict[str, Any]] = {
         "default": {"heldout": ("DUKE", "AAI"), "federated_heldout": ("DUKE",)},
@@ -94,6 +95,10 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
         # pre-only vs pre+early fusion, trained pooled on I-SPY-style sites, tested at an unseen I-SPY2 site
         "early-visit": {**_EARLY, "seeds": (0, 1), "epochs": 8},
         "early-visit-quick": {**_EARLY, "seeds": (0,), "epochs": 4, "patients_per_site": 16, "n_boot": 300},
+        # DP budgets (simulation/privacy_experiment.py): the default cohort size (DP-SGD on the quick preset's
+        # 16 patients per site only adds noise to noise), 3 seeds; the quick run keeps one
+        "privacy": {"heldout": ("DUKE",), "federated_heldout": ("DUKE",), "seeds": (0, 1, 2)},
+        "privacy-quick": {"heldout": ("DUKE",), "federated_heldout": ("DUKE",), "seeds": (0,)},
     }
     if name not in presets:
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(presets)}")

@@ -121,29 +121,48 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def seed_means(df: pd.DataFrame, heldout: str) -> pd.DataFrame:
+    """Per method: mean held-out AUROC over seeds, its range, the mean of the per-seed 95 % CI bounds and the
+    mean epsilon spent; ordered by epsilon (no-DP last)."""
+    auc = df[(df.metric == "auroc") & (df.test_site == heldout)]
+    eps = df[df.metric == "epsilon"].groupby("method")["value"].mean()
+    g = auc.groupby("method")
+    out = pd.DataFrame({"epsilon_spent": eps.reindex(g.size().index), "seeds": g.size(),
+                        "auroc_mean": g["value"].mean(), "auroc_min": g["value"].min(), "auroc_max": g["value"].max(),
+                        "ci_low_mean": g["ci_low"].mean(), "ci_high_mean": g["ci_high"].mean()})
+    out["order"] = out["epsilon_spent"].fillna(np.inf)
+    return out.sort_values("order").drop(columns="order")
+
+
 def _plot(df: pd.DataFrame, path: Path, heldout: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    auc = df[(df.metric == "auroc") & (df.test_site == heldout)].set_index("method")
-    eps = df[df.metric == "epsilon"].set_index("method")["value"]
+    from common.plots import save_figure
+
+    m = seed_means(df, heldout)
+    dp = m[m.index != "fedavg-nodp"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    dp = [m for m in auc.index if m != "fedavg-nodp"]
-    x = np.array([eps.get(m, np.nan) for m in dp])
-    order = np.argsort(x)
-    y = auc.loc[dp, "value"].to_numpy()[order]
-    lo, hi = auc.loc[dp, "ci_low"].to_numpy()[order], auc.loc[dp, "ci_high"].to_numpy()[order]
-    ax.errorbar(x[order], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label="FedAvg + DP-SGD")
-    if "fedavg-nodp" in auc.index:
-        ax.axhline(auc.loc["fedavg-nodp", "value"], color="grey", ls="--", label="FedAvg, no DP")
+    y = dp["auroc_mean"].to_numpy()
+    ax.errorbar(dp["epsilon_spent"].to_numpy(), y, yerr=[y - dp["ci_low_mean"].to_numpy(), dp["ci_high_mean"].to_numpy() - y],
+                marker="o", capsize=3, label="FedAvg + DP-SGD")
+    for method, r in dp.iterrows():  # every seed's value, so a reader sees the spread between seeds
+        pts = df[(df.metric == "auroc") & (df.test_site == heldout) & (df.method == method)]["value"]
+        ax.scatter([r["epsilon_spent"]] * len(pts), pts, s=10, color="C0", alpha=0.4)
+    if "fedavg-nodp" in m.index:
+        ax.axhline(m.loc["fedavg-nodp", "auroc_mean"], color="grey", ls="--", label="FedAvg, no DP")
     ax.axhline(0.5, color="k", lw=0.5)
-    ax.set_xlabel(f"epsilon spent (delta = {DELTA:g})")
+    ax.set_xscale("log")
+    ticks = sorted(x for x in dp["epsilon_spent"].round(2).unique() if np.isfinite(x) and x > 0)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(f"epsilon spent (delta = {DELTA:g}; log scale)")
     ax.set_ylabel(f"AUROC at held-out {heldout}")
+    ax.set_title("mean over seeds; bars: mean per-seed 95 % CI", fontsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -191,11 +210,19 @@ def _report(df: pd.DataFrame, out: Path, fold, cfg, pcfg: PrivacyExperimentConfi
              f"(never trained on, never used for selection). {cfg.rounds} rounds x {cfg.local_epochs} local epochs; "
              f"DP-SGD at every site (Opacus, Poisson sampling, clip {pcfg.max_grad_norm}, delta {pcfg.delta:g}), "
              "noise calibrated by each site so the planned rounds spend its budget; RDP accountant at the site.", "",
-             "| method | target epsilon | epsilon spent (max over sites) | held-out AUROC [95% CI] |", "|---|---|---|---|"]
+             "| method | seed | target epsilon | epsilon spent (max over sites) | held-out AUROC [95% CI] |",
+             "|---|---|---|---|---|"]
     for _, r in held.iterrows():
         target = r.method.split("eps")[-1] if "eps" in r.method else "-"
-        lines.append(f"| {r.method} | {target} | {eps.get((r.method, r.seed), float('nan')):.2f} | "
+        lines.append(f"| {r.method} | {r.seed} | {target} | {eps.get((r.method, r.seed), float('nan')):.2f} | "
                      f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] |")
+    means = seed_means(df, fold.heldout_name)
+    if len(pcfg.seeds) > 1:
+        lines += ["", f"Mean over {len(pcfg.seeds)} seeds:", "",
+                  "| method | epsilon spent (mean) | held-out AUROC mean | min-max over seeds | mean per-seed 95% CI |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {m} | {r.epsilon_spent:.2f} | {r.auroc_mean:.3f} | {r.auroc_min:.3f}-{r.auroc_max:.3f} | "
+                  f"[{r.ci_low_mean:.3f}, {r.ci_high_mean:.3f}] |" for m, r in means.iterrows()]
     lines += ["", "![held-out AUROC vs epsilon](auroc_vs_epsilon.png)", ""]
     if (out / "eval_cost.csv").exists():
         cost = pd.read_csv(out / "eval_cost.csv")
@@ -213,4 +240,5 @@ def _report(df: pd.DataFrame, out: Path, fold, cfg, pcfg: PrivacyExperimentConfi
     return path
 
 
-__all__ = ["EVAL_SETTINGS", "eval_cost", "md_table", "EPSILONS", "PrivacyExperimentConfig", "method_name", "run_privacy_experiment"]
+__all__ = ["EVAL_SETTINGS", "eval_cost", "md_table", "EPSILONS", "PrivacyExperimentConfig", "method_name",
+           "run_privacy_experiment", "seed_means"]

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "privacy":  # DP budgets on the quick (or default) image preset
         from simulation.privacy_experiment import run_privacy_experiment
 
-        args.experiment = None
+        args.experiment = "privacy-quick" if args.quick else "privacy"
         report = run_privacy_experiment(experiment_config(args), out)
         print(f"done in {time.perf_counter() - t0:.0f} s")
         print(report)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from simulation.privacy_experiment import PrivacyExperimentConfig, _plot, _report, eval_cost, method_name
+from simulation.privacy_experiment import PrivacyExperimentConfig, _plot, _report, eval_cost, method_name, seed_means
 
 
 def test_method_names() -> None:
@@ -48,4 +48,26 @@ def test_report_and_plot(tmp_path: Path) -> None:
     report = _report(df, tmp_path, fold, SimpleNamespace(rounds=2, local_epochs=1), PrivacyExperimentConfig(), 1.0)
     text = report.read_text()
     assert (tmp_path / "auroc_vs_epsilon.png").stat().st_size > 1000
-    assert "| fedavg-dp-eps3 | 3 | 2.90 | 0.600 [0.500, 0.700] |" in text and "fedavg-nodp" in text
+    assert "| fedavg-dp-eps3 | 0 | 3 | 2.90 | 0.600 [0.500, 0.700] |" in text and "fedavg-nodp" in text
+
+
+def test_several_seeds_are_averaged(tmp_path: Path) -> None:
+    """Two seeds: the summary is the per-method mean (hand-computed), the plot and report are written."""
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        for m, e, auc in (("fedavg-dp-eps1", 1.0, 0.5), ("fedavg-dp-eps8", 8.0, 0.6), ("fedavg-nodp", np.nan, 0.7)):
+            rows.append(dict(experiment="privacy", method=m, train_sites="A;B", test_site="DUKE", metric="auroc",
+                             value=auc + shift, ci_low=auc + shift - 0.2, ci_high=auc + shift + 0.1, seed=seed))
+            rows.append(dict(experiment="privacy", method=m, train_sites="A;B", test_site="all", metric="epsilon",
+                             value=e - seed * 0.02 if e == e else e, ci_low=np.nan, ci_high=np.nan, seed=seed))
+    df = pd.DataFrame(rows)
+    means = seed_means(df, "DUKE")
+    assert list(means.index) == ["fedavg-dp-eps1", "fedavg-dp-eps8", "fedavg-nodp"]
+    assert np.isclose(means.loc["fedavg-dp-eps8", "auroc_mean"], 0.65)
+    assert np.isclose(means.loc["fedavg-dp-eps8", "epsilon_spent"], 7.99)
+    assert np.isclose(means.loc["fedavg-dp-eps1", "ci_low_mean"], 0.35) and means.loc["fedavg-nodp", "seeds"] == 2
+    _plot(df, tmp_path / "p.png", "DUKE")
+    fold = SimpleNamespace(train=["A", "B"], heldout_name="DUKE")
+    text = _report(df, tmp_path, fold, SimpleNamespace(rounds=2, local_epochs=1),
+                   PrivacyExperimentConfig(seeds=(0, 1)), 1.0).read_text()
+    assert "| fedavg-dp-eps8 | 7.99 | 0.650 | 0.600-0.700 | [0.450, 0.750] |" in text
