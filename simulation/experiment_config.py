@@ -28,6 +28,12 @@ NORM_RULE = ("Norm layers: the default model uses GroupNorm (no running statisti
              "statistic is estimated from any test or held-out data.")
 
 
+#: The larger semi-synthetic cohort (``large`` preset, simulation/ablation.py): DUKE and AAI have 280 / 168
+#: labelled MAMA-MIA anchors, so both can be held out with 160 patients; AAN 126, AAE 84, NACT 64 train.
+LARGE_SITES: tuple[str, ...] = ("DUKE", "AAI", "AAN", "AAE", "NACT")
+LARGE_PATIENTS = 160
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One harness run: data, folds, arms, compute budget. ``preset()`` holds the named defaults."""
@@ -95,6 +101,10 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
         # pre-only vs pre+early fusion, trained pooled on I-SPY-style sites, tested at an unseen I-SPY2 site
         "early-visit": {**_EARLY, "seeds": (0, 1), "epochs": 8},
         "early-visit-quick": {**_EARLY, "seeds": (0,), "epochs": 4, "patients_per_site": 16, "n_boot": 300},
+        # statistical power (issue 15): held-out DUKE and AAI with 160 patients each, federated arms on both
+        "large": {"cohort_sites": LARGE_SITES, "patients_per_site": LARGE_PATIENTS, "heldout": ("DUKE", "AAI"),
+                  "federated_heldout": None, "seeds": (0, 1, 2), "n_boot": 2000,
+                  "arms": ("local", "pooled", "fedavg", "fedprox", "fedadam", "clinical-lr")},
         # DP budgets (simulation/privacy_experiment.py): the default cohort size (DP-SGD on the quick preset's
         # 16 patients per site only adds noise to noise), 3 seeds; the quick run keeps one
         "privacy": {"heldout": ("DUKE",), "federated_heldout": ("DUKE",), "seeds": (0, 1, 2)},

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="the 3-minute configuration (1 seed, fewer arms)")
     p.add_argument("--experiment", default=None,
-                   choices=["default", "quick", "mrp", "tiny", "clinical", "longitudinal", "privacy", "early-visit"],
+                   choices=["default", "quick", "large", "mrp", "tiny", "clinical", "longitudinal", "privacy",
+                            "early-visit"],
                    help="named experiment (default: 'default', or 'quick' with --quick)")
     p.add_argument("--dataset", default="embedded", choices=["embedded", *REAL_DATASETS],
                    help="embedded semi-synthetic cohort, or a real collection under --data-root")
