@@ -13,19 +13,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from common.metrics import _stratified_draws
 from common.metrics_counts import _check_labels_scores
 
 #: Resamples reports use for paired differences (>= 2000 keeps the 2.5 % tails at >= 50 draws).
 DEFAULT_N_BOOT = 2000
-
-
-def stratified_draws(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (B, m) into the positives and (B, n) into the negatives, from ``default_rng(seed)`` in that order."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
-    rng = np.random.default_rng(seed)
-    m, n = int((y == 1).sum()), int((y == 0).sum())
-    return rng.integers(0, max(m, 1), (n_boot, m)), rng.integers(0, max(n, 1), (n_boot, n))
 
 
 def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -46,7 +38,7 @@ def paired_auroc_draws(y: np.ndarray, scores: np.ndarray, n_boot: int = DEFAULT_
     if pos_s.shape[1] == 0 or neg_s.shape[1] == 0:
         raise ValueError("a paired AUROC bootstrap needs both classes")
     point = np.array([_auroc_rows(p[None, :], q[None, :])[0] for p, q in zip(pos_s, neg_s)])
-    pos_i, neg_i = stratified_draws(yy, n_boot, seed)
+    pos_i, neg_i = _stratified_draws(yy, n_boot, seed)  # the draws binary_report uses for one AUROC's CI
     draws = np.vstack([_auroc_rows(p[pos_i], q[neg_i]) for p, q in zip(pos_s, neg_s)])
     return point, draws
 
@@ -70,4 +62,4 @@ def paired_auroc_difference(y: np.ndarray, s1: np.ndarray, s2: np.ndarray, n_boo
     return contrast_ci(point, draws, np.array([1.0, -1.0]), alpha)
 
 
-__all__ = ["DEFAULT_N_BOOT", "contrast_ci", "paired_auroc_difference", "paired_auroc_draws", "stratified_draws"]
+__all__ = ["DEFAULT_N_BOOT", "contrast_ci", "paired_auroc_difference", "paired_auroc_draws"]

@@ -42,40 +42,51 @@ def _aligned(arms: list[ArmResult], site: str) -> tuple[np.ndarray, np.ndarray, 
     return y, np.asarray(rows, dtype=float), ids
 
 
-def _group_rows(group: list[ArmResult], pooled: str, n_boot: int) -> list[dict[str, Any]]:
-    """Tidy comparison rows of one (experiment, seed)."""
-    exp, seed = group[0].experiment, group[0].seed
+def _contrasts(roles: list[ArmResult], point: np.ndarray, pooled: str
+               ) -> dict[tuple[str, str], list[tuple[str, str, np.ndarray, np.ndarray, int]]]:
+    """``{(federated, comparator): [(seed, comparator model, w_fed, w_other, n_local)]}`` over model rows."""
+    k = len(roles)
+    index = {(a.seed, a.method): j for j, a in enumerate(roles)}
+    out: dict[tuple[str, str], list[tuple[str, str, np.ndarray, np.ndarray, int]]] = {}
+    for seed in sorted({a.seed for a in roles}):
+        if (seed, pooled) not in index:
+            continue
+        locs = sorted(m for s, m in index if s == seed and m.startswith("local-"))
+        loc_idx = [index[(seed, m)] for m in locs]
+        targets = [("pooled", pooled, [index[(seed, pooled)]])]
+        if loc_idx:
+            best = max(loc_idx, key=lambda j: point[j])
+            targets += [("mean-local", f"mean of {len(loc_idx)}", loc_idx), ("best-local", roles[best].method, [best])]
+            targets += [(m, m, [index[(seed, m)]]) for m in locs]
+        for fed in sorted(m for s, m in index if s == seed and m.startswith("fed")):
+            for comparator, label, idx in targets:
+                out.setdefault((fed, comparator), []).append(
+                    (str(seed), label, _unit(k, [index[(seed, fed)]]), _unit(k, idx), len(loc_idx)))
+    return out
+
+
+def _experiment_rows(group: list[ArmResult], pooled: str, n_boot: int) -> list[dict[str, Any]]:
+    """Tidy comparison rows of one held-out experiment: one per seed and one ``seed='all'`` (mean over seeds)."""
+    exp = group[0].experiment
     site = heldout_site(exp)
-    fed = sorted((a for a in group if a.method.startswith("fed")), key=lambda a: a.method)
-    base = [a for a in group if a.method == pooled]
-    local = sorted((a for a in group if a.method.startswith("local-")), key=lambda a: a.method)
-    if not site or not fed or not base:
-        return []
-    models = fed + base + local
-    aligned = _aligned(models, site)
+    roles = [a for a in group if a.method.startswith(("fed", "local-")) or a.method == pooled]
+    aligned = _aligned(roles, site) if site else None
     if aligned is None:
         return []
     y, scores, _ = aligned
-    point, draws = paired_auroc_draws(y, scores, n_boot=n_boot, seed=seed)
-    k_fed, k_loc = len(fed), len(local)
-    i_pool, loc_idx = k_fed, list(range(k_fed + 1, k_fed + 1 + k_loc))
-    best = loc_idx[int(np.argmax(point[loc_idx]))] if local else None
-    out = []
-    for i, arm in enumerate(fed):
-        targets: list[tuple[str, str, np.ndarray]] = [("pooled", pooled, _unit(len(models), [i_pool]))]
-        if local:
-            targets.append(("mean-local", f"mean of {k_loc}", _unit(len(models), loc_idx)))
-            targets.append(("best-local", models[best].method, _unit(len(models), [best])))
-            targets += [(models[j].method, models[j].method, _unit(len(models), [j])) for j in loc_idx]
-        for comparator, label, w_other in targets:
-            w = -w_other
-            w[i] += 1.0
-            res = contrast_ci(point, draws, w)
-            out.append({"experiment": exp, "test_site": site, "seed": seed, "federated": arm.method,
-                        "comparator": comparator, "comparator_model": label, "auroc_federated": float(point[i]),
-                        "auroc_comparator": float(w_other @ point), **res, "n": int(y.size),
-                        "n_pos": int(y.sum()), "n_local": k_loc})
-    return out
+    # one set of draws (the held-out patients are the same for every seed) shared by every model and seed
+    point, draws = paired_auroc_draws(y, scores, n_boot=n_boot, seed=0)
+    rows = []
+    for (fed, comparator), items in sorted(_contrasts(roles, point, pooled).items()):
+        labels = "/".join(sorted({it[1] for it in items}))
+        mean_item = ("all", labels, np.mean([it[2] for it in items], axis=0), np.mean([it[3] for it in items], axis=0),
+                     float(np.mean([it[4] for it in items])))
+        for seed, label, w_fed, w_other, n_local in items + [mean_item]:
+            rows.append({"experiment": exp, "test_site": site, "seed": seed, "federated": fed,
+                         "comparator": comparator, "comparator_model": label, "auroc_federated": float(w_fed @ point),
+                         "auroc_comparator": float(w_other @ point), **contrast_ci(point, draws, w_fed - w_other),
+                         "n": int(y.size), "n_pos": int(y.sum()), "n_local": n_local})
+    return rows
 
 
 def _unit(k: int, idx: list[int]) -> np.ndarray:
@@ -86,21 +97,17 @@ def _unit(k: int, idx: list[int]) -> np.ndarray:
 
 
 def heldout_comparisons(arms: list[ArmResult], pooled: str, n_boot: int = DEFAULT_N_BOOT) -> pd.DataFrame:
-    """Per (experiment, seed, federated method, comparator): AUROCs, paired difference, CI and p (tidy)."""
-    groups: dict[tuple[str, int], list[ArmResult]] = {}
+    """Per (experiment, seed or 'all', federated method, comparator): AUROCs, paired difference, CI and p."""
+    groups: dict[str, list[ArmResult]] = {}
     for a in arms:
-        groups.setdefault((a.experiment, a.seed), []).append(a)
-    rows = [r for key in sorted(groups) for r in _group_rows(groups[key], pooled, n_boot)]
-    return pd.DataFrame(rows)
+        groups.setdefault(a.experiment, []).append(a)
+    return pd.DataFrame([r for exp in sorted(groups) for r in _experiment_rows(groups[exp], pooled, n_boot)])
 
 
 def summarise(comp: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds (p: max over seeds) per experiment x federated method x comparator."""
+    """The mean-over-seeds rows (``seed == 'all'``), sorted by experiment, federated method and comparator."""
     keys = ["experiment", "test_site", "federated", "comparator"]
-    num = ["auroc_federated", "auroc_comparator", "difference", "ci_low", "ci_high", "n", "n_pos", "n_local", "n_boot"]
-    agg = comp.groupby(keys, sort=True).agg({**{c: "mean" for c in num}, "p": "max", "seed": "nunique",
-                                            "comparator_model": lambda s: "/".join(sorted(set(s)))})
-    return agg.rename(columns={"seed": "seeds"}).reset_index()
+    return comp[comp["seed"].astype(str) == "all"].sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def _diff_cell(r: Any) -> str:
@@ -118,7 +125,8 @@ def comparison_section(comp: pd.DataFrame, pooled: str) -> list[str]:
     n_boot = int(comp["n_boot"].min())
     lines = [f"## Federated vs pooled (`{pooled}`) and local models at each held-out site", "",
              f"Paired stratified bootstrap over the held-out patients ({n_boot} resamples, the same draws for every "
-             "model), mean over seeds; p is two-sided (max over seeds). Mean local = mean AUROC of the local models "
+             "model and seed): differences are means over seeds, their 95 % CI and two-sided p come from the "
+             "resampled seed-mean difference. Mean local = mean AUROC of the local models "
              "(`local-*`) trained at the other sites; best local = the one best on the held-out labels, picked in "
              "hindsight (an oracle, not a selectable model). All comparisons per seed: `heldout_comparisons.csv`.", ""]
     for fed, part in summ.groupby("federated", sort=True):

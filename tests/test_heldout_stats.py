@@ -137,29 +137,48 @@ def _arm(exp: str, method: str, seed: int, y: np.ndarray, s: np.ndarray) -> ArmR
 
 def test_heldout_comparisons_per_site_mean_worst_and_where_federation_helps() -> None:
     rng = np.random.default_rng(5)
-    arms, truth = [], {}
+    arms, truth, data = [], {}, {}
     for site, local_strength in (("A", 0.2), ("B", 1.5)):  # local models are weak at A, strong at B
         y = (rng.random(150) < 0.4).astype(int)
-        scores = {m: 1 / (1 + np.exp(-(k * y + rng.normal(0, 1, 150))))
-                  for m, k in (("fedavg-lr", 1.0), ("clinical-lr", 1.05), ("local-X", local_strength),
-                               ("local-Y", local_strength / 2))}
-        truth[site] = {m: roc_auc_score(y, s) for m, s in scores.items()}
-        arms += [_arm(f"heldout-{site}", m, 0, y, s) for m, s in scores.items()]
-    comp = heldout_comparisons(arms, "clinical-lr", n_boot=2000)
-    assert set(comp["n_boot"]) == {2000}
-    for site, auc in truth.items():
-        rows = comp[comp.test_site == site].set_index("comparator")
-        assert rows.loc["pooled", "difference"] == pytest.approx(auc["fedavg-lr"] - auc["clinical-lr"], abs=1e-12)
-        mean_local = (auc["local-X"] + auc["local-Y"]) / 2
-        assert rows.loc["mean-local", "difference"] == pytest.approx(auc["fedavg-lr"] - mean_local, abs=1e-12)
-        assert rows.loc["best-local", "comparator_model"] == max(("local-X", "local-Y"), key=auc.get)
-        assert rows.loc["local-Y", "auroc_comparator"] == pytest.approx(auc["local-Y"], abs=1e-12)
-        assert rows.loc["pooled", "ci_low"] <= rows.loc["pooled", "difference"] <= rows.loc["pooled", "ci_high"]
+        for seed in (0, 1):
+            scores = {m: 1 / (1 + np.exp(-(k * y + rng.normal(0, 1, 150))))
+                      for m, k in (("fedavg-lr", 1.0), ("clinical-lr", 1.05), ("local-X", local_strength),
+                                   ("local-Y", local_strength / 2))}
+            truth[site, seed] = {m: roc_auc_score(y, s) for m, s in scores.items()}
+            data[site, seed] = (y, scores)
+            arms += [_arm(f"heldout-{site}", m, seed, y, s) for m, s in scores.items()]
+    comp = heldout_comparisons(arms, "clinical-lr", n_boot=200)
+    assert set(comp["n_boot"]) == {200}
+    for site in ("A", "B"):
+        for seed in ("0", "1"):
+            auc = truth[site, int(seed)]
+            rows = comp[(comp.test_site == site) & (comp.seed == seed)].set_index("comparator")
+            assert rows.loc["pooled", "difference"] == pytest.approx(auc["fedavg-lr"] - auc["clinical-lr"], abs=1e-12)
+            mean_local = (auc["local-X"] + auc["local-Y"]) / 2
+            assert rows.loc["mean-local", "difference"] == pytest.approx(auc["fedavg-lr"] - mean_local, abs=1e-12)
+            assert rows.loc["best-local", "comparator_model"] == max(("local-X", "local-Y"), key=auc.get)
+            assert rows.loc["local-Y", "auroc_comparator"] == pytest.approx(auc["local-Y"], abs=1e-12)
+        # seed-mean row: difference = mean of the seeds' differences; CI from the resampled seed-mean difference,
+        # recomputed here with sklearn on the same draws (default_rng(0): positives, then negatives)
+        y = data[site, 0][0]
+        allrow = comp[(comp.test_site == site) & (comp.seed == "all")].set_index("comparator").loc["pooled"]
+        gaps = [truth[site, k]["fedavg-lr"] - truth[site, k]["clinical-lr"] for k in (0, 1)]
+        assert allrow["difference"] == pytest.approx(np.mean(gaps), abs=1e-12)
+        draws = np.random.default_rng(0)
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        pi, ni = draws.integers(0, pos.size, (200, pos.size)), draws.integers(0, neg.size, (200, neg.size))
+        ref = []
+        for b in range(200):
+            idx = np.concatenate([pos[pi[b]], neg[ni[b]]])
+            ref.append(np.mean([roc_auc_score(y[idx], data[site, k][1]["fedavg-lr"][idx])
+                                - roc_auc_score(y[idx], data[site, k][1]["clinical-lr"][idx]) for k in (0, 1)]))
+        assert allrow["ci_low"] == pytest.approx(np.percentile(ref, 2.5), abs=1e-12)
+        assert allrow["ci_high"] == pytest.approx(np.percentile(ref, 97.5), abs=1e-12)
     text = "\n".join(comparison_section(comp, "clinical-lr"))
-    assert "2000 resamples" in text and "Federation helps most at **A**" in text
-    gaps = {s: a["fedavg-lr"] - a["clinical-lr"] for s, a in truth.items()}
-    assert f"mean {np.mean(list(gaps.values())):+.3f}, worst site {min(gaps, key=gaps.get)}" in text
-    fed = {s: a["fedavg-lr"] for s, a in truth.items()}
+    assert "200 resamples" in text and "Federation helps most at **A**" in text
+    gap = {s: np.mean([truth[s, k]["fedavg-lr"] - truth[s, k]["clinical-lr"] for k in (0, 1)]) for s in "AB"}
+    assert f"mean {np.mean(list(gap.values())):+.3f}, worst site {min(gap, key=gap.get)}" in text
+    fed = {s: np.mean([truth[s, k]["fedavg-lr"] for k in (0, 1)]) for s in "AB"}
     assert f"worst site {min(fed, key=fed.get)} {min(fed.values()):.3f}" in text
 
 
