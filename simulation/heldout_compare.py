@@ -74,6 +74,8 @@ def _experiment_rows(group: list[ArmResult], pooled: str, n_boot: int) -> list[d
     if aligned is None:
         return []
     y, scores, _ = aligned
+    if not np.isfinite(scores).all():  # a failed arm's NaN scores: no comparison rather than a crashed report
+        return []
     # one set of draws (the held-out patients are the same for every seed) shared by every model and seed
     point, draws = paired_auroc_draws(y, scores, n_boot=n_boot, seed=0)
     rows = []

@@ -180,6 +180,13 @@ def test_heldout_comparisons_per_site_mean_worst_and_where_federation_helps() ->
     assert f"mean {np.mean(list(gap.values())):+.3f}, worst site {min(gap, key=gap.get)}" in text
     fed = {s: np.mean([truth[s, k]["fedavg-lr"] for k in (0, 1)]) for s in "AB"}
     assert f"worst site {min(fed, key=fed.get)} {min(fed.values()):.3f}" in text
+    # a failed arm (NaN scores) or a one-class held-out site gives no comparison instead of a crashed report
+    y = np.array([0, 1, 0, 1])
+    broken = [_arm("heldout-Z", "fedavg-lr", 0, y, np.array([0.1, np.nan, 0.3, 0.4])),
+              _arm("heldout-Z", "clinical-lr", 0, y, np.array([0.1, 0.2, 0.3, 0.4])),
+              _arm("heldout-W", "fedavg-lr", 0, np.ones(4), np.array([0.1, 0.2, 0.3, 0.4])),
+              _arm("heldout-W", "clinical-lr", 0, np.ones(4), np.array([0.1, 0.2, 0.3, 0.4]))]
+    assert heldout_comparisons(broken, "clinical-lr").empty
 
 
 # ---------------------------------------------------------------- held-out sites from the table
