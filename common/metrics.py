@@ -20,6 +20,7 @@ from common.metrics_counts import (
     COUNT_COLUMNS,
     THRESHOLD_GRID,
     _check_labels_scores,
+    auroc_error_bound_from_counts,
     auroc_from_counts,
     class_sizes,
     make_threshold_grid,
@@ -320,7 +321,7 @@ def decision_curve(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | N
 
 __all__ = [
     "BootstrapConfig", "COUNT_COLUMNS", "REPORT_METRICS", "THRESHOLD_GRID", "auprc", "auroc",
-    "auroc_from_counts", "binary_cross_entropy", "binary_report", "bootstrap_metrics", "bootstrap_roc_band", "brier_score", "calibration",
+    "auroc_error_bound_from_counts", "auroc_from_counts", "binary_cross_entropy", "binary_report", "bootstrap_metrics", "bootstrap_roc_band", "brier_score", "calibration",
     "choose_threshold", "class_sizes", "confusion_at", "decision_curve", "delong_ci", "delong_covariance",
     "delong_test", "make_threshold_grid", "metrics_from_counts", "net_benefit", "point_metrics", "rates",
     "roc_from_counts", "threshold_counts", "threshold_metrics", "youden_from_counts",

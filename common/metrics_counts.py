@@ -137,6 +137,26 @@ def auroc_from_counts(counts: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def auroc_error_bound_from_counts(counts: np.ndarray) -> float:
+    """Exact bound on |auroc_from_counts - exact AUROC| from the counts alone; NaN when a class is absent.
+
+    The trapezoid through the grid points is the Mann-Whitney AUROC of the scores replaced by their grid
+    cell ([g_k, g_k+1), plus the cells below g_0 and at/above the last point): pairs in different cells
+    keep their order, a (positive, negative) pair in the same cell counts 1/2 instead of 1, 1/2 or 0.
+    So the error is at most ``sum_k pos_k * neg_k / (2 * n_pos * n_neg)``, with ``pos_k``/``neg_k`` the
+    cell occupancies (TP/FP differences between adjacent thresholds). Equality holds when every
+    positive lies above every negative of its cell (or every one below).
+    """
+    c = _check_counts(counts)
+    n_pos, n_neg = int(c[0, 0] + c[0, 3]), int(c[0, 1] + c[0, 2])
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    pos_cells = -np.diff(np.concatenate([[n_pos], c[:, 0], [0]]))
+    neg_cells = -np.diff(np.concatenate([[n_neg], c[:, 1], [0]]))
+    shared = float(np.dot(pos_cells.astype(np.float64), neg_cells.astype(np.float64)))
+    return shared / (2.0 * n_pos * n_neg)
+
+
 def _grid_index(threshold: float, grid: np.ndarray) -> int:
     """Index of the grid point nearest ``threshold``."""
     i = int(np.clip(np.searchsorted(grid, threshold), 1, grid.size - 1))
@@ -196,5 +216,5 @@ def youden_from_counts(counts: np.ndarray, w: float = 0.5, grid: np.ndarray = TH
     return float(grid[(start + best[-1]) // 2])
 
 
-__all__ = ["COUNT_COLUMNS", "THRESHOLD_GRID", "auroc_from_counts", "class_sizes", "make_threshold_grid",
+__all__ = ["COUNT_COLUMNS", "THRESHOLD_GRID", "auroc_error_bound_from_counts", "auroc_from_counts", "class_sizes", "make_threshold_grid",
            "metrics_from_counts", "rates", "roc_from_counts", "threshold_counts", "youden_from_counts"]

@@ -12,7 +12,13 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
-from common.metrics_counts import THRESHOLD_GRID, auroc_from_counts, metrics_from_counts, youden_from_counts
+from common.metrics_counts import (
+    THRESHOLD_GRID,
+    auroc_error_bound_from_counts,
+    auroc_from_counts,
+    metrics_from_counts,
+    youden_from_counts,
+)
 from common.protocol import (
     AUROC,
     LOSS,
@@ -73,6 +79,8 @@ class RoundEvaluation:
 
     pooled_counts: np.ndarray | None = None
     pooled_auroc: float = float("nan")
+    #: Exact bound on |pooled_auroc - per-patient AUROC| (same-cell pairs, ``auroc_error_bound_from_counts``).
+    pooled_auroc_bound: float = float("nan")
     per_site: dict[str, dict[str, float]] = field(default_factory=dict)
     test_counts: np.ndarray | None = None
     n_examples: int = 0
@@ -105,6 +113,7 @@ def evaluate_replies(replies: Iterable[Message]) -> RoundEvaluation:
         result.per_site[site_name(msg)] = site
     if result.pooled_counts is not None:
         result.pooled_auroc = safe_auroc(result.pooled_counts)
+        result.pooled_auroc_bound = float(auroc_error_bound_from_counts(result.pooled_counts))
     return result
 
 

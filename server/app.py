@@ -259,6 +259,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
         nodes = run.nodes()
         ev0, faults0 = _evaluate(run, 0, arrays, nodes)
         append_metrics(out, {"round": 0, "strategy": cfg.strategy, "pooled_val_auroc": ev0.pooled_auroc,
+                             "pooled_val_auroc_bound": ev0.pooled_auroc_bound,
                              "val_n": ev0.n_examples, "per_site": ev0.per_site, "train_loss": None,
                              **faults0, "failed_sites": _failed_sites(faults0), "time_s": time.time() - t0})
     for rnd in range(start, cfg.num_server_rounds + 1):
@@ -289,7 +290,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
                 meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
                             best_counts=None if ev.pooled_counts is None else ev.pooled_counts.tolist())
                 best = arrays
-            row.update(pooled_val_auroc=ev.pooled_auroc, val_n=ev.n_examples, per_site=ev.per_site,
+            row.update(pooled_val_auroc=ev.pooled_auroc, pooled_val_auroc_bound=ev.pooled_auroc_bound,
+                       val_n=ev.n_examples, per_site=ev.per_site,
                        train_loss=None if res.metrics is None else float(res.metrics.get(TRAIN_LOSS, math.nan)))
             if ev.test_counts is not None:
                 row["pooled_test_auroc"] = safe_auroc(ev.test_counts)

@@ -38,8 +38,9 @@ class ClinicalExperimentConfig:
     partition: str = "site"
     #: Sites with fewer labelled patients are grouped into one ``SMALL`` client.
     min_site_size: int = 40
-    #: Institutions left out one at a time (leave-one-institution-out over this list).
-    heldout: tuple[str, ...] = ("DUKE", "NACT", "AAI")
+    #: Institutions left out one at a time (leave-one-institution-out over this list); ``None`` = every site
+    #: of the table with >= ``min_site_size`` labelled patients (:func:`heldout_sites`).
+    heldout: tuple[str, ...] | None = None
     #: Whole collections left out (MRP design: train elsewhere, test on I-SPY2). I-SPY1 shares trial sites
     #: with I-SPY2, so this split is collection-disjoint, not institution-disjoint.
     heldout_collections: tuple[str, ...] = ("ISPY2",)
@@ -52,9 +53,9 @@ class ClinicalExperimentConfig:
     #: L2 penalty on the mean loss (sklearn's C=1 on ~1000 training patients is the same strength).
     l2: float = 1e-3
     prox_mu: float = 0.1
-    n_boot: int = 1000
+    n_boot: int = 2000
     #: Bootstrap resamples for the off-diagonal cross-site cells (local models on other sites' tests).
-    n_boot_cross: int = 200
+    n_boot_cross: int = 2000
     methods: tuple[str, ...] = ("clinical-lr", "local", "fedavg-lr", "fedprox-lr")
     val_fraction: float = TrainConfig.val_fraction
     test_fraction: float = TrainConfig.test_fraction
@@ -175,7 +176,7 @@ def fit_federated_lr(site_data: dict[str, tuple[np.ndarray, np.ndarray]], cfg: C
     """
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-    from common.metrics import auroc_from_counts, threshold_counts
+    from common.metrics import auroc_error_bound_from_counts, auroc_from_counts, threshold_counts
     from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
     from simulation.flower_compat import aggregate_arrayrecords
 
@@ -192,7 +193,8 @@ def fit_federated_lr(site_data: dict[str, tuple[np.ndarray, np.ndarray]], cfg: C
         w = aggregate_arrayrecords(replies, NUM_EXAMPLES)["w"].numpy().astype(np.float64)
         if val_data:
             counts = sum(threshold_counts(yv, _score(w, Xv)) for Xv, yv in val_data.values())
-            history.append({"round": rnd, "val_auroc": float(auroc_from_counts(counts))})
+            history.append({"round": rnd, "val_auroc": float(auroc_from_counts(counts)),
+                            "val_auroc_bound": float(auroc_error_bound_from_counts(counts))})
     return w, history
 
 
@@ -214,6 +216,13 @@ class Fold:
     groups: dict[str, list[str]]
 
 
+def heldout_sites(data: ClinicalData, min_size: int) -> tuple[str, ...]:
+    """Sites of the table with >= ``min_size`` labelled patients, largest first (ties by name)."""
+    sizes = pd.Series(data.site).value_counts()
+    keep = sizes[sizes >= min_size]
+    return tuple(sorted(keep.index.astype(str), key=lambda s: (-int(keep[s]), s)))
+
+
 def build_folds(data: ClinicalData, cfg: ClinicalExperimentConfig, seed: int) -> list[Fold]:
     """The internal fold (every site trains) plus one fold per held-out institution / collection."""
     id_pos = {pid: k for k, pid in enumerate(data.ids)}
@@ -233,7 +242,8 @@ def build_folds(data: ClinicalData, cfg: ClinicalExperimentConfig, seed: int) ->
     all_mask = np.ones(len(data.ids), dtype=bool)
     train, groups = splits(all_mask)
     folds = [Fold("internal", train, None, None, groups)]
-    for site in cfg.heldout:
+    heldout = cfg.heldout if cfg.heldout is not None else heldout_sites(data, cfg.min_site_size)
+    for site in heldout:
         held = (data.site == site) if by == "site" else (data.collection == site)
         if not held.any():
             print(f"clinical experiment: held-out site {site!r} not in the table, skipped", file=sys.stderr)
@@ -371,5 +381,6 @@ def run_clinical_experiment(out_dir: Path, cfg: ClinicalExperimentConfig | None 
     config = {"experiment": "clinical", "clinical_config": to_dict(cfg),
               "adapter_issues": data.issues[:200], "n_patients": int(len(data.ids))}
     report = write_report(arms, out_dir, title="fedpcr — real clinical-only experiment (MAMA-MIA public table)",
-                          config=config, semi_synthetic=False, notes=notes)
+                          config=config, semi_synthetic=False, notes=notes, n_boot=cfg.n_boot,
+                          pooled_method="clinical-lr")
     return arms, report

@@ -134,7 +134,8 @@ def run_longitudinal_experiment(out_dir: Path, cfg: LongitudinalConfig | None = 
     config = {"experiment": "longitudinal", "longitudinal_config": to_dict(cfg), "n_patients": int(len(table)),
               "sites": {str(k): int(v) for k, v in table["site"].value_counts().items()}}
     report = write_report(arms, out_dir, title="fedpcr — real longitudinal experiment (I-SPY2 MRI measurements, "
-                          "T0 / T1 / T2)", config=config, semi_synthetic=False, notes=notes)
+                          "T0 / T1 / T2)", config=config, semi_synthetic=False, notes=notes,
+                          n_boot=cfg.n_boot)
     write_longitudinal_section(arms, out_dir, report, cfg.visit_sets, ANCHORS)
     return arms, report
 

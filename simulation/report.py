@@ -26,6 +26,8 @@ from simulation.arm_result import (  # evaluate_predictions, metric_rows: re-exp
     results_frame,
     write_results_csv,
 )
+from common.paired_bootstrap import DEFAULT_N_BOOT
+from simulation.heldout_compare import comparison_section, heldout_comparisons
 from simulation.report_plots import write_plots
 from simulation.summaries import (
     CLINICAL_BASELINE,
@@ -59,8 +61,12 @@ def library_versions() -> dict[str, str]:
 
 
 def write_report(arms: list[ArmResult], out_dir: Path, *, title: str, config: dict[str, Any],
-                 semi_synthetic: bool, notes: list[str] | None = None) -> Path:
-    """Write results.csv, cross_site.json, config.json, versions.json, plots/ and report.md; return report.md."""
+                 semi_synthetic: bool, notes: list[str] | None = None, n_boot: int | None = None,
+                 pooled_method: str | None = None) -> Path:
+    """Write results.csv, cross_site.json, config.json, versions.json, heldout_comparisons.csv, plots/ and
+    report.md; return report.md. ``n_boot``: resamples behind the CIs (stated in the summary, and used for the
+    paired federated-vs-pooled/local differences, at least :data:`DEFAULT_N_BOOT`); ``pooled_method``: the
+    centralised arm federated arms are compared with (default ``pooled`` when present, else ``clinical-lr``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arms = sorted(arms, key=lambda a: (a.experiment, a.method, a.seed))
@@ -71,10 +77,16 @@ def write_report(arms: list[ArmResult], out_dir: Path, *, title: str, config: di
     (out_dir / "versions.json").write_text(json.dumps(versions, indent=1))
     plots = write_plots(arms, out_dir / "plots")
     frame = results_frame(arms)
+    methods = {a.method for a in arms}
+    pooled = pooled_method or ("pooled" if "pooled" in methods else CLINICAL_BASELINE)
+    comp = heldout_comparisons(arms, pooled, n_boot=max(n_boot or 0, DEFAULT_N_BOOT))
+    if not comp.empty:
+        comp.to_csv(out_dir / "heldout_comparisons.csv", index=False)
     lines = [f"# {title}", ""]
     lines += _data_banner(semi_synthetic)
-    lines += _summary_section(arms, frame, notes or [])
+    lines += _summary_section(arms, frame, notes or [], n_boot)
     lines += _heldout_section(frame)
+    lines += comparison_section(comp, pooled)
     lines += _table_one_section(frame, sorted({a.experiment for a in arms}))
     lines += _delong_section(arms)
     lines += _federated_section(arms)
@@ -107,13 +119,15 @@ def _data_banner(semi_synthetic: bool) -> list[str]:
             ""]
 
 
-def _summary_section(arms: list[ArmResult], frame: pd.DataFrame, notes: list[str]) -> list[str]:
+def _summary_section(arms: list[ArmResult], frame: pd.DataFrame, notes: list[str],
+                     n_boot: int | None = None) -> list[str]:
     seeds = sorted({a.seed for a in arms})
+    boot = f"stratified bootstrap 95 % intervals ({n_boot} resamples)" if n_boot else "bootstrap 95 % intervals"
     lines = ["## Summary", "",
              f"- experiments: {', '.join(sorted({a.experiment for a in arms}))}",
              f"- methods: {', '.join(sorted({a.method for a in arms}))}",
-             f"- seeds: {', '.join(map(str, seeds))}; values are means over seeds, CIs are bootstrap 95 % "
-             "intervals averaged over seeds",
+             f"- seeds: {', '.join(map(str, seeds))}; values are means over seeds, CIs are {boot} averaged over "
+             "seeds",
              f"- rows: {len(frame)} in `results.csv`; cross-site matrix in `cross_site.json`", ""]
     lines += [f"- {note}" for note in notes]
     return lines + ([""] if notes else [])
@@ -164,12 +178,21 @@ def _federated_section(arms: list[ArmResult]) -> list[str]:
         return []
     body = []
     for a in fed:
-        vals = [h.get("val_auroc", h.get("pooled_val_auroc")) for h in a.history]
-        vals = [v for v in vals if v is not None and np.isfinite(v)]
+        vals = [(h.get("val_auroc", h.get("pooled_val_auroc")), h.get("val_auroc_bound",
+                                                                      h.get("pooled_val_auroc_bound")))
+                for h in a.history]
+        vals = [(v, b) for v, b in vals if v is not None and np.isfinite(v)]
+        last_bound = vals[-1][1] if vals and vals[-1][1] is not None else math.nan
         body.append([a.experiment, a.method, str(a.seed), str(sum(1 for h in a.history if h.get("round", 0) > 0)),
-                     fmt_num(vals[-1] if vals else math.nan), fmt_num(max(vals) if vals else math.nan)])
+                     fmt_num(vals[-1][0] if vals else math.nan),
+                     f"{last_bound:.1e}" if np.isfinite(last_bound) else "n/a",
+                     fmt_num(max(v for v, _ in vals) if vals else math.nan)])
     return ["## Federated training (per-round pooled validation AUROC from summed counts)", "",
-            md_table(["experiment", "method", "seed", "rounds", "last", "best"], body), ""]
+            "The server never sees a patient's score: the pooled AUROC is the trapezoid through the summed "
+            "threshold counts. Its exact worst-case error against the per-patient AUROC (only positive/negative "
+            "pairs inside one grid cell can be misordered: sum_k pos_k neg_k / (2 n_pos n_neg), "
+            "`common.metrics_counts.auroc_error_bound_from_counts`) is printed as +/- bound.", "",
+            md_table(["experiment", "method", "seed", "rounds", "last", "+/- bound (last)", "best"], body), ""]
 
 
 __all__ = ["LIBRARIES", "POOLED", "ArmResult", "evaluate_predictions", "library_versions", "metric_rows",

@@ -115,7 +115,7 @@ def _run_clinical(args: argparse.Namespace, out: Path, t0: float) -> int:
     if args.min_site_size is not None:
         ccfg = replace(ccfg, min_site_size=args.min_site_size)
     if args.quick:
-        ccfg = replace(ccfg, seeds=ccfg.seeds[:1], n_boot=300, n_boot_cross=100)
+        ccfg = replace(ccfg, seeds=ccfg.seeds[:1])
     _, report = run_clinical_experiment(out, ccfg, resume=not args.no_resume)
     print(f"done in {time.perf_counter() - t0:.0f} s")
     print(report)
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {"experiment": config_dict(cfg), "caches": {k: str(v) for k, v in caches.items()},
               "argv": sys.argv[1:] if argv is None else list(argv)}
     report = write_report(arms, out, title=f"fedpcr — {cfg.name} experiment ({'semi-synthetic embedded cohort' if semi else cfg.dataset})",
-                          config=json.loads(json.dumps(config, default=str)), semi_synthetic=semi, notes=notes)
+                          config=json.loads(json.dumps(config, default=str)), semi_synthetic=semi, notes=notes,
+                          n_boot=cfg.n_boot)
     print(f"done in {time.perf_counter() - t0:.0f} s" + (f"; {len(failures)} arm(s) failed" if failures else ""))
     print(report)
     return 1 if failures and not arms else 0

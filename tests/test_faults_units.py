@@ -120,7 +120,10 @@ def test_malformed_evaluate_replies_are_failures_not_crashes() -> None:
     # and the server's own aggregation of the valid ones still works
     from server.aggregation import evaluate_replies
 
-    assert evaluate_replies(valid).n_examples == 10
+    ev = evaluate_replies(valid)
+    assert ev.n_examples == 10
+    # 10 scores 0.1 apart: no positive shares a grid cell with a negative, so the counts AUROC is exact (bound 0)
+    assert ev.pooled_auroc_bound == 0.0 and ev.pooled_auroc == pytest.approx(0.0)
 
 
 def test_trim_fraction_cuts_at_least_one_site() -> None:

@@ -82,8 +82,11 @@ def test_write_report_structure(synthetic_arms: list[ArmResult], tmp_path) -> No
     assert "good [heldout-A]" in owners_a and "good [heldout-B]" in owners_a
     md = path.read_text()
     for section in ("SEMI-SYNTHETIC", "## Held-out institutions", "## Table 1", "## DeLong tests",
-                    "## Federated training", "## Configuration", "## Library versions", "worst"):
+                    "## Federated training", "## Configuration", "## Library versions", "worst",
+                    "## Federated vs pooled (`clinical-lr`)", "fed - pooled: mean", "+/- bound"):
         assert section in md, section
+    comp = pd.read_csv(tmp_path / "heldout_comparisons.csv")
+    assert set(comp["test_site"]) == {"A", "B"} and (comp["n_boot"] >= 2000).all()
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert "federated_rounds.png" in pngs
     for kind in ("roc", "decision", "calibration"):
