@@ -84,28 +84,20 @@ def local_mean(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows[rows.recipe != "local"], mean], ignore_index=True)
 
 
-def paired_diff(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean over seeds of AUROC(a) - AUROC(b) on the same held-out patients, with a 95 % bootstrap CI
-    (patients resampled jointly for both models, per seed, then averaged over seeds)."""
-    from sklearn.metrics import roc_auc_score
+def paired_diff(a: list[dict[str, Any]], b: list[dict[str, Any]], n_boot: int = 2000,
+                seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of AUROC(a) - AUROC(b) on the same held-out patients, with a 95 % CI: the paired
+    stratified bootstrap of ``common.paired_bootstrap`` per seed, replicate by replicate averaged over seeds."""
+    from common.paired_bootstrap import paired_auroc_draws
 
-    rng = np.random.default_rng(seed)
-    diffs, boots = [], []
+    points, draws = [], []
     for ra, rb in zip(a, b):
-        y = np.asarray(ra["y"])
-        sa, sb = np.asarray(ra["score"]), np.asarray(rb["score"])
         assert list(ra["ids"]) == list(rb["ids"]), "paired comparison needs the same patients in the same order"
-        diffs.append(roc_auc_score(y, sa) - roc_auc_score(y, sb))
-        bs = []
-        for _ in range(n_boot):
-            i = rng.integers(0, len(y), len(y))
-            if y[i].min() == y[i].max():
-                continue
-            bs.append(roc_auc_score(y[i], sa[i]) - roc_auc_score(y[i], sb[i]))
-        boots.append(np.asarray(bs))
-    m = min(len(b) for b in boots)  # resamples with one class only are skipped: align on the shortest
-    avg = np.mean([b[:m] for b in boots], axis=0)
-    return float(np.mean(diffs)), float(np.percentile(avg, 2.5)), float(np.percentile(avg, 97.5))
+        point, d = paired_auroc_draws(np.asarray(ra["y"]), np.vstack([ra["score"], rb["score"]]), n_boot, seed)
+        points.append(point[0] - point[1])
+        draws.append(d[0] - d[1])
+    avg = np.mean(draws, axis=0)
+    return float(np.mean(points)), float(np.percentile(avg, 2.5)), float(np.percentile(avg, 97.5))
 
 
 def summarise(rows: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
