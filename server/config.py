@@ -20,14 +20,18 @@ from common.protocol import SiteSettings, json_object
 _SITE = SiteSettings()  # the defaults of the fields a hospital also reads are decided there
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn", "fedtrimmedavg", "fedmedian")
+#: What SecAgg+ (server/secagg.py) can run: its unmasked sum is the FedAvg aggregate.
+SECAGG_STRATEGIES = ("fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
 class FederationConfig:
     """What a federated run does; keys are the run-config keys with ``-`` for ``_``."""
 
-    num_server_rounds: int = 3
-    strategy: str = "fedavg"
+    #: FedAdam, 6 rounds x 1 local epoch: the recipe that came closest to pooled training at held-out sites
+    #: at equal compute (docs/experiments.md, "Federated recipe ablation").
+    num_server_rounds: int = 6
+    strategy: str = "fedadam"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     #: Rounds wait until this many SuperNodes are connected (and sample at least this many).
@@ -96,6 +100,9 @@ class FederationConfig:
         check_encoding(self.update_encoding)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.secagg and self.strategy not in SECAGG_STRATEGIES:
+            raise ValueError(f"secagg = true unmasks only the FedAvg sum of the updates, so it runs with strategy "
+                             f"{' or '.join(SECAGG_STRATEGIES)}; got strategy {self.strategy!r}")
         if self.min_replies < 1 or self.min_nodes < 1:
             raise ValueError(f"min-replies and min-nodes must be >= 1, got {self.min_replies}, {self.min_nodes}")
         if self.eval_split not in ("val", "test"):

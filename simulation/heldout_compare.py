@@ -23,6 +23,8 @@ COMPARATORS: tuple[str, ...] = ("pooled", "mean-local", "best-local")
 
 #: |federated - pooled| AUROC the issue's target allows at every held-out site.
 TARGET_GAP = 0.01
+#: ... and on the semi-synthetic image experiments (held-out sites >= 150 patients, >= 3 seeds).
+SEMI_SYNTHETIC_GAP = 0.02
 
 
 def _aligned(arms: list[ArmResult], site: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -119,8 +121,9 @@ def _diff_cell(r: Any) -> str:
     return f"{r.difference:+.3f} ({r.ci_low:+.3f} to {r.ci_high:+.3f}), p {fmt_p(r.p)}"
 
 
-def comparison_section(comp: pd.DataFrame, pooled: str) -> list[str]:
-    """report.md lines: per federated method a per-site table, mean / worst site and where federation helps most."""
+def comparison_section(comp: pd.DataFrame, pooled: str, target_gap: float = TARGET_GAP) -> list[str]:
+    """report.md lines: per federated method a per-site table, mean / worst site (against ``target_gap``) and
+    where federation helps most."""
     if comp.empty:
         return []
     summ = summarise(comp)
@@ -146,11 +149,11 @@ def comparison_section(comp: pd.DataFrame, pooled: str) -> list[str]:
         lines += [f"### `{fed}`", "", md_table(["held-out", "n (pCR)", "pooled", "federated", "mean local",
                                                  "best local (oracle)", "fed - pooled (95 % CI)",
                                                  "fed - mean local (95 % CI)", "fed - best local (95 % CI)"], body), ""]
-        lines += _site_summary(fed, by_site)
+        lines += _site_summary(fed, by_site, target_gap)
     return lines
 
 
-def _site_summary(fed: str, by_site: dict[str, dict[str, Any]]) -> list[str]:
+def _site_summary(fed: str, by_site: dict[str, dict[str, Any]], target_gap: float) -> list[str]:
     """Mean and worst held-out institution (``heldout-*`` folds; collection folds are not sites)."""
     sites = {e: r for e, r in by_site.items() if e.startswith("heldout-") and "pooled" in r}
     if not sites:
@@ -158,7 +161,7 @@ def _site_summary(fed: str, by_site: dict[str, dict[str, Any]]) -> list[str]:
     gap = {r["pooled"].test_site: r["pooled"].difference for r in sites.values()}
     aucs = {r["pooled"].test_site: (r["pooled"].auroc_federated, r["pooled"].auroc_comparator) for r in sites.values()}
     worst_gap = min(gap, key=gap.get)
-    within = sum(abs(v) <= TARGET_GAP for v in gap.values())
+    within = sum(v >= -target_gap for v in gap.values())  # the target is "no worse than pooled by more than"
     fed_auc = {s: a for s, (a, _) in aucs.items()}
     pool_auc = {s: b for s, (_, b) in aucs.items()}
     lines = [f"- `{fed}` over {len(sites)} held-out institutions: mean AUROC {np.mean(list(fed_auc.values())):.3f} "
@@ -166,7 +169,7 @@ def _site_summary(fed: str, by_site: dict[str, dict[str, Any]]) -> list[str]:
              f"{min(fed_auc.values()):.3f} (pooled's worst: {min(pool_auc, key=pool_auc.get)} "
              f"{min(pool_auc.values()):.3f}).",
              f"- fed - pooled: mean {np.mean(list(gap.values())):+.3f}, worst site {worst_gap} "
-             f"{_diff_cell(sites[f'heldout-{worst_gap}']['pooled'])}; |fed - pooled| <= {TARGET_GAP} at "
+             f"{_diff_cell(sites[f'heldout-{worst_gap}']['pooled'])}; fed >= pooled - {target_gap} at "
              f"{within}/{len(gap)} sites" + (" (target met)" if within == len(gap) else " (target NOT met)") + "."]
     helps = {r["mean-local"].test_site: r["mean-local"] for r in sites.values() if "mean-local" in r}
     if helps:
@@ -178,4 +181,4 @@ def _site_summary(fed: str, by_site: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-__all__ = ["COMPARATORS", "TARGET_GAP", "comparison_section", "heldout_comparisons", "summarise"]
+__all__ = ["COMPARATORS", "SEMI_SYNTHETIC_GAP", "TARGET_GAP", "comparison_section", "heldout_comparisons", "summarise"]

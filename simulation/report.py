@@ -27,7 +27,7 @@ from simulation.arm_result import (  # evaluate_predictions, metric_rows: re-exp
     write_results_csv,
 )
 from common.paired_bootstrap import DEFAULT_N_BOOT
-from simulation.heldout_compare import comparison_section, heldout_comparisons
+from simulation.heldout_compare import SEMI_SYNTHETIC_GAP, TARGET_GAP, comparison_section, heldout_comparisons
 from simulation.report_plots import write_plots
 from simulation.summaries import (
     CLINICAL_BASELINE,
@@ -86,7 +86,7 @@ def write_report(arms: list[ArmResult], out_dir: Path, *, title: str, config: di
     lines += _data_banner(semi_synthetic)
     lines += _summary_section(arms, frame, notes or [], n_boot)
     lines += _heldout_section(frame)
-    lines += comparison_section(comp, pooled)
+    lines += comparison_section(comp, pooled, SEMI_SYNTHETIC_GAP if semi_synthetic else TARGET_GAP)
     lines += _table_one_section(frame, sorted({a.experiment for a in arms}))
     lines += _delong_section(arms)
     lines += _federated_section(arms)

@@ -27,7 +27,7 @@ from server.secagg import check_secagg_sites, secagg_train_round
 from tests.cache_factory import make_cache
 
 OVERRIDES = {"model-config": json.dumps({"use_image": False}), "prep-config": config_json(PrepConfig(shape=(32, 32, 32))),
-             "train-config": json.dumps({"batch_size": 4})}
+             "train-config": json.dumps({"batch_size": 4}), "strategy": "fedavg"}
 
 
 class InProcessGrid:

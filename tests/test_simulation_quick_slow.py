@@ -31,7 +31,7 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     held = results[(results.test_site == "DUKE") & (results.metric == "auroc")]
     # every quick arm (local models are named local-<SITE>) reports on the held-out institution
     methods = set(held.method)
-    for arm in ("pooled", "fedavg", "fedbn", "clinical-lr", "kinetic"):
+    for arm in ("pooled", "fedavg", "fedadam", "clinical-lr", "kinetic"):
         assert arm in methods, (arm, sorted(methods))
     assert any(m.startswith("local-") for m in methods)
     assert held.value.between(0, 1).all()
