@@ -116,3 +116,14 @@ def test_too_few_sites_refused_with_the_numbers(caches: dict[int, Path]) -> None
     one = InProcessGrid({1: make_client_app(OVERRIDES, policy=open_policy())}, {1: _context(1, caches[1])})
     with pytest.raises(ValueError, match=r"at least 2 sites .* only 1 connected"):
         secagg_train_round(one, 1, ArrayRecord(), round_config(cfg), cfg)
+
+
+def test_adaptive_strategy_refused_with_secagg() -> None:
+    """SecAgg+ unmasks the FedAvg sum only: the default FedAdam (and Yogi, FedBN, robust rules) is refused by name."""
+    from server.config import FederationConfig
+
+    assert FederationConfig().strategy == "fedadam"
+    for strategy in ("fedadam", "fedyogi", "fedbn", "fedmedian"):
+        with pytest.raises(ValueError, match=f"secagg = true .* strategy fedavg or fedprox; got strategy '{strategy}'"):
+            FederationConfig.from_run_config({}, {"secagg": True, "strategy": strategy})
+    assert FederationConfig.from_run_config({}, {"secagg": True, "strategy": "fedprox"}).secagg
