@@ -180,6 +180,11 @@ def test_heldout_comparisons_per_site_mean_worst_and_where_federation_helps() ->
     assert f"mean {np.mean(list(gap.values())):+.3f}, worst site {min(gap, key=gap.get)}" in text
     fed = {s: np.mean([truth[s, k]["fedavg-lr"] for k in (0, 1)]) for s in "AB"}
     assert f"worst site {min(fed, key=fed.get)} {min(fed.values()):.3f}" in text
+    # the target is one-sided (no worse than pooled by more than the gap): count it by hand at two gaps
+    for tol in (0.01, 0.5):
+        hit = sum(g >= -tol for g in gap.values())
+        line = "\n".join(comparison_section(comp, "clinical-lr", tol))
+        assert f"fed >= pooled - {tol} at {hit}/2 sites ({'target met' if hit == 2 else 'target NOT met'})" in line
     # a failed arm (NaN scores) or a one-class held-out site gives no comparison instead of a crashed report
     y = np.array([0, 1, 0, 1])
     broken = [_arm("heldout-Z", "fedavg-lr", 0, y, np.array([0.1, np.nan, 0.3, 0.4])),
