@@ -62,3 +62,19 @@ def test_recipes_keep_compute_equal() -> None:
         if r.arm.startswith("fed"):
             assert cfg.rounds * cfg.local_epochs == base.epochs, name
     assert recipe_config(base, "fedavg-6x1-lr2e-3").train.lr == 2e-3
+
+
+def test_heldout_rows_take_each_site_from_the_fold_that_held_it_out() -> None:
+    """A local model of fold heldout-DUKE is also scored on AAI's internal test split: not an AAI held-out row."""
+    from types import SimpleNamespace
+
+    from simulation.ablation import heldout_rows
+
+    def arm(fold: str, train: list[str], site: str, value: float) -> SimpleNamespace:
+        return SimpleNamespace(experiment=fold, train_sites=train, method="local-AAE", seed=0, predictions={},
+                               rows=[{"metric": "auroc", "test_site": site, "value": value, "ci_low": 0, "ci_high": 1}])
+
+    arms = [arm("heldout-DUKE", ["AAE"], "AAI", 0.9), arm("heldout-AAI", ["AAE"], "AAI", 0.6),
+            arm("heldout-DUKE", ["AAE"], "DUKE", 0.7)]
+    rows = heldout_rows(arms, "local", ("DUKE", "AAI"))
+    assert sorted((r["test_site"], r["auroc"]) for r in rows) == [("AAI", 0.6), ("DUKE", 0.7)]
