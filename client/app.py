@@ -163,7 +163,8 @@ def _evaluate(r: _Round, msg: Message, context: Context) -> Message:
         if split == "test" and r.rc.eval_split != "test":
             continue
         labels, scores = predict(model, r.site.dataset(split, r.model_cfg), r.train_cfg)
-        res = private_eval.protect(labels, scores, policy, private_eval.noise_seed(secret, digest, split))
+        res = private_eval.protect(labels, scores, policy, private_eval.noise_seed(secret, digest, split),
+                                   grid=r.rc.eval_grid())
         metrics.update({prefix + NUM_EXAMPLES: res.n, prefix + N_POS: res.n_pos, prefix + N_NEG: res.n_neg,
                         prefix + WITHHELD: int(res.withheld)})
         if split == "val":

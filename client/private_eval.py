@@ -7,8 +7,10 @@ model whose score is a function of one clinical variable) and how often. Exact c
 The default reply (``EvaluationPolicy``; docs/privacy.md) therefore:
 1. sends no counts at all when the split holds fewer than ``min_patients_per_class`` patients of
    either class (``withheld`` = 1, every count 0, num-examples 0);
-2. bins every score into ``score_bins`` equal-width bins on [0, 1] (resolution 1/score_bins): the
-   coordinator learns at most how many positives / negatives fall in each bin;
+2. bins every score into ``score_bins`` equal-width bins on [0, 1] (resolution 1/score_bins) after the
+   monotone map of the round's evaluation grid (common/score_grid.py; a shift and scale of the logit that
+   the coordinator could build into the weights anyway): it learns at most how many positives /
+   negatives fall in each bin;
 3. adds discrete-Laplace noise (scale 1/eval_epsilon) to each of the 2 x score_bins histogram cells,
    so one reply is eval_epsilon-DP for any one patient (add/remove), then makes the cumulative counts
    non-negative and monotone (post-processing, no privacy cost);
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from common.metrics_counts import THRESHOLD_GRID, threshold_counts
+from common.score_grid import IDENTITY, from_grid, to_grid
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,10 @@ def counts_from_histogram(hist: np.ndarray) -> np.ndarray:
     return np.asarray(threshold_counts(labels, scores, THRESHOLD_GRID), dtype=np.int64)
 
 
-def histogram_loss(hist: np.ndarray) -> float:
-    """Mean BCE with every patient scored at its bin's centre (0 for an empty histogram)."""
+def histogram_loss(hist: np.ndarray, grid: tuple[float, float] = IDENTITY) -> float:
+    """Mean BCE with every patient scored at its bin's centre, mapped back from grid units (0 when empty)."""
     bins = hist.shape[1]
-    centre = np.clip((np.arange(bins) + 0.5) / bins, 1e-6, 1 - 1e-6)
+    centre = np.clip([from_grid(c, *grid) for c in (np.arange(bins) + 0.5) / bins], 1e-6, 1 - 1e-6)
     n = hist.sum()
     if n == 0:
         return 0.0
@@ -106,8 +109,10 @@ def _withheld() -> EvalReply:
     return EvalReply(np.zeros((len(THRESHOLD_GRID), 4), dtype=np.int64), 0, 0, 0, 0.0, withheld=True)
 
 
-def protect(labels: np.ndarray, scores: np.ndarray, policy: Any, seed: int) -> EvalReply:
-    """The reply ``policy`` (an ``EvaluationPolicy``) allows for these labels and scores."""
+def protect(labels: np.ndarray, scores: np.ndarray, policy: Any, seed: int,
+            grid: tuple[float, float] = IDENTITY) -> EvalReply:
+    """The reply ``policy`` (an ``EvaluationPolicy``) allows for these labels and scores; counts (and bins) are
+    taken on the coordinator's evaluation ``grid`` (common/score_grid.py), the loss on the scores themselves."""
     from common.metrics import binary_cross_entropy
 
     y = np.asarray(labels, dtype=np.float64)
@@ -115,18 +120,19 @@ def protect(labels: np.ndarray, scores: np.ndarray, policy: Any, seed: int) -> E
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if min(n_pos, n_neg) < int(policy.min_patients_per_class) or len(y) == 0:
         return _withheld()
+    g = to_grid(s, *grid)
     if policy.exact_counts:
-        counts = np.asarray(threshold_counts(y, s, THRESHOLD_GRID), dtype=np.int64)
+        counts = np.asarray(threshold_counts(y, g, THRESHOLD_GRID), dtype=np.int64)
         return EvalReply(counts, len(y), n_pos, n_neg, float(binary_cross_entropy(y, s)))
     bins = int(policy.score_bins)
     if bins < 2:
         raise ValueError(f"evaluation.score_bins must be >= 2, got {bins}")
-    hist = score_histogram(y, s, bins)
+    hist = score_histogram(y, g, bins)
     if policy.eval_epsilon > 0:
         hist = consistent_histogram(hist + discrete_laplace(hist.shape, float(policy.eval_epsilon),
                                                             np.random.default_rng(seed)))
     n_neg_p, n_pos_p = int(hist[0].sum()), int(hist[1].sum())
-    return EvalReply(counts_from_histogram(hist), n_neg_p + n_pos_p, n_pos_p, n_neg_p, histogram_loss(hist))
+    return EvalReply(counts_from_histogram(hist), n_neg_p + n_pos_p, n_pos_p, n_neg_p, histogram_loss(hist, grid))
 
 
 __all__ = ["EvalReply", "counts_from_histogram", "discrete_laplace", "histogram_loss", "noise_seed", "protect",

@@ -37,6 +37,12 @@ PROXIMAL_MU = "proximal-mu"  #: float, FedProx weight (Flower's FedProx spelling
 LOCAL_NORM = "local-norm"  #: bool, FedBN: the site keeps its own norm-layer parameters
 EVAL_SPLIT = "eval-split"  #: "val" | "test": evaluate also returns test-split counts when "test"
 UPDATE_ENCODING = "update-encoding"  #: str, common.encoding name ("fp16" | "bf16"); absent = exact arrays both ways
+#: float pair, evaluate: count scores as sigmoid(scale * (logit(s) - centre)) (common/score_grid.py); absent = as is
+EVAL_LOGIT_CENTRE = "eval-logit-centre"
+EVAL_LOGIT_SCALE = "eval-logit-scale"
+#: What a site accepts for them (a monotone map the coordinator could build into the weights anyway).
+MAX_EVAL_LOGIT_CENTRE = 50.0
+MAX_EVAL_LOGIT_SCALE = 1000.0
 
 # differential privacy requested by the coordinator (a site's own policy always wins; see client/privacy.py)
 DP = "dp"  #: bool, train this round with DP-SGD
@@ -169,6 +175,8 @@ class RoundConfig:
     eval_split: str = "val"
     #: Encoding of the arrays both ways this round (common.encoding); None = exact (the key is not sent).
     update_encoding: str | None = None
+    eval_logit_centre: float | None = None
+    eval_logit_scale: float | None = None
     dp: bool | None = None  #: None = not requested (no DP unless the site requires it)
     dp_epsilon: float | None = None
     dp_delta: float | None = None
@@ -187,6 +195,17 @@ class RoundConfig:
             raise ProtocolError(f"round config {LOCAL_EPOCHS!r} must be >= 1, got {self.local_epochs}")
         if self.proximal_mu < 0:
             raise ProtocolError(f"round config {PROXIMAL_MU!r} must be >= 0, got {self.proximal_mu}")
+        if self.eval_logit_centre is not None and not abs(self.eval_logit_centre) <= MAX_EVAL_LOGIT_CENTRE:
+            raise ProtocolError(f"round config {EVAL_LOGIT_CENTRE!r} must be within +/-{MAX_EVAL_LOGIT_CENTRE:g}, "
+                                f"got {self.eval_logit_centre}")
+        if self.eval_logit_scale is not None and not 0 < self.eval_logit_scale <= MAX_EVAL_LOGIT_SCALE:
+            raise ProtocolError(f"round config {EVAL_LOGIT_SCALE!r} must be in (0, {MAX_EVAL_LOGIT_SCALE:g}], "
+                                f"got {self.eval_logit_scale}")
+
+    def eval_grid(self) -> tuple[float, float]:
+        """(centre, scale) of this round's evaluation grid; (0, 1) = scores counted as they are."""
+        return (0.0 if self.eval_logit_centre is None else float(self.eval_logit_centre),
+                1.0 if self.eval_logit_scale is None else float(self.eval_logit_scale))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RoundConfig":
@@ -227,6 +246,8 @@ _ROUND_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     LOCAL_NORM: ("local_norm", _as_bool),
     EVAL_SPLIT: ("eval_split", _as_str),
     UPDATE_ENCODING: ("update_encoding", _as_str),
+    EVAL_LOGIT_CENTRE: ("eval_logit_centre", _as_float),
+    EVAL_LOGIT_SCALE: ("eval_logit_scale", _as_float),
     DP: ("dp", _as_bool),
     DP_EPSILON: ("dp_epsilon", _as_float),
     DP_DELTA: ("dp_delta", _as_float),
@@ -357,7 +378,7 @@ def json_object(text: str, key: str) -> dict[str, Any]:
 __all__ = [
     "ARRAYS", "CONFIG", "METRICS", "SITE", "SITE_NAME",
     "SERVER_ROUND", "PREP_HASH", "MODEL_HASH", "LOCAL_EPOCHS", "LR", "PROXIMAL_MU", "LOCAL_NORM", "EVAL_SPLIT",
-    "UPDATE_ENCODING",
+    "UPDATE_ENCODING", "EVAL_LOGIT_CENTRE", "EVAL_LOGIT_SCALE", "MAX_EVAL_LOGIT_CENTRE", "MAX_EVAL_LOGIT_SCALE",
     "EVAL_SPLITS", "ROUND_CONFIG_KEYS",
     "DP", "DP_EPSILON", "DP_DELTA", "DP_MAX_GRAD_NORM", "DP_NOISE_MULTIPLIER", "DP_ROUNDS",
     "EPSILON", "DELTA", "WITHHELD", "SITE_AUROC", "PRIVACY_BUDGET",

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.encoding import EXACT
 from common.hashing import stable_hash
 from common.protocol import AUROC, NUM_EXAMPLES, TRAIN_LOSS, RoundConfig, describe_error
+from common.score_grid import IDENTITY, from_grid, next_grid
 from server.aggregation import RoundEvaluation, evaluate_replies, safe_auroc
 from server.checkpoint import (
     append_metrics,
@@ -97,17 +98,21 @@ def _initial_arrays(cfg: FederationConfig) -> ArrayRecord:
     return ArrayRecord(build_model(cfg.model()).state_dict())
 
 
-def round_config(cfg: FederationConfig, phase: str = "train") -> ConfigRecord:
+def round_config(cfg: FederationConfig, phase: str = "train", eval_grid: tuple[float, float] = IDENTITY
+                 ) -> ConfigRecord:
     """The per-round site config (common.protocol.RoundConfig); strategies add the server round.
 
     FedBN keeps norm layers local in TRAINING only: evaluate rounds score the model the bundle deploys
     (averaged norm layers), so the best round and the operating threshold belong to that model.
+    Evaluate rounds carry the evaluation grid (common/score_grid.py) unless it is the identity.
     """
     rc = RoundConfig(prep_hash=cfg.prep().hash(), model_hash=cfg.model().hash(),
                      local_epochs=int(cfg.local_epochs), lr=float(cfg.train().lr),
                      proximal_mu=float(cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0),
                      local_norm=bool(uses_local_norm(cfg)) and phase == "train", eval_split=cfg.eval_split,
                      update_encoding=None if cfg.update_encoding == EXACT else cfg.update_encoding)
+    if phase == "evaluate" and tuple(eval_grid) != IDENTITY:
+        rc = rc.replace(eval_logit_centre=float(eval_grid[0]), eval_logit_scale=float(eval_grid[1]))
     return ConfigRecord(with_dp_request(rc, cfg).to_dict())
 
 
@@ -122,6 +127,8 @@ class Run:
     book: SiteBook = field(default_factory=SiteBook)
     declared: dict[str, int] = field(default_factory=dict)
     first: bool = True
+    #: Evaluation grid of the next evaluate round (moved by each round's pooled counts: adaptive-eval-grid).
+    eval_grid: tuple[float, float] = IDENTITY
 
     def nodes(self) -> list[int]:
         """Nodes for the next round: min-nodes (round 1 of this process: until the run deadline), else the
@@ -141,7 +148,7 @@ def _evaluate(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int] | None =
               ) -> tuple[RoundEvaluation, dict[str, list[dict[str, Any]]]]:
     """Evaluate ``arrays`` at the connected sites; (pooled result, {"refused", "invalid", "missing"} rows)."""
     nodes = sorted(int(n) for n in run.grid.get_node_ids()) if nodes is None else nodes
-    sent = encoded(run.strategy.configure_evaluate(rnd, arrays, round_config(run.cfg, "evaluate"),
+    sent = encoded(run.strategy.configure_evaluate(rnd, arrays, round_config(run.cfg, "evaluate", run.eval_grid),
                                                    NodeView(run.grid, nodes)), run.cfg.update_encoding) \
         if nodes else []
     replies = exchange(run.grid, sent, float(run.cfg.round_timeout), run.clock)
@@ -157,6 +164,13 @@ def _evaluate(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int] | None =
             log.info("round %d: pooled validation AUROC %.4f from summed counts of %d patients", rnd,
                      float(agg.get(AUROC, float("nan"))), int(agg.get(NUM_EXAMPLES, ev.n_examples)))
     return ev, faults
+
+
+def _advance_grid(run: Run, ev: RoundEvaluation, meta: dict[str, Any]) -> None:
+    """Place the next evaluation grid from this round's pooled counts (adaptive-eval-grid; kept for resume)."""
+    if run.cfg.adaptive_eval_grid:
+        run.eval_grid = next_grid(ev.pooled_counts, *run.eval_grid)
+        meta["eval_grid"] = list(run.eval_grid)
 
 
 def _better(value: float, best: float) -> bool:
@@ -254,10 +268,12 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
     run = Run(cfg, grid, build_strategy(cfg), RunClock(float(cfg.run_timeout)))
     start, arrays, best, meta, fresh = _start(cfg, out, run.strategy, config_fingerprint(cfg))
     run.declared = {str(k): int(v) for k, v in (meta.get("declared") or {}).items()}
+    run.eval_grid = tuple(meta.get("eval_grid") or IDENTITY)  # type: ignore[assignment]
     if fresh and cfg.initial_eval:
         t0 = time.time()
         nodes = run.nodes()
         ev0, faults0 = _evaluate(run, 0, arrays, nodes)
+        _advance_grid(run, ev0, meta)
         append_metrics(out, {"round": 0, "strategy": cfg.strategy, "pooled_val_auroc": ev0.pooled_auroc,
                              "pooled_val_auroc_bound": ev0.pooled_auroc_bound,
                              "val_n": ev0.n_examples, "per_site": ev0.per_site, "train_loss": None,
@@ -287,9 +303,11 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, out: Path) -> Path:
             for k, v in eval_faults.items():
                 faults[k] = faults.get(k, []) + v
             if _better(ev.pooled_auroc, float(meta["best_auroc"]) if meta["best_auroc"] is not None else math.nan):
-                meta.update(best_round=rnd, best_auroc=ev.pooled_auroc,
+                meta.update(best_round=rnd, best_auroc=ev.pooled_auroc, best_grid=list(run.eval_grid),
                             best_counts=None if ev.pooled_counts is None else ev.pooled_counts.tolist())
                 best = arrays
+            row["eval_grid"] = list(run.eval_grid)
+            _advance_grid(run, ev, meta)
             row.update(pooled_val_auroc=ev.pooled_auroc, pooled_val_auroc_bound=ev.pooled_auroc_bound,
                        val_n=ev.n_examples, per_site=ev.per_site,
                        train_loss=None if res.metrics is None else float(res.metrics.get(TRAIN_LOSS, math.nan)))
@@ -320,8 +338,9 @@ def write_bundle(out: Path, cfg: FederationConfig, arrays: ArrayRecord, meta: Ma
     counts = meta.get("best_counts")
     if counts is not None:
         counts_np = np.asarray(counts, dtype=np.int64)
-        threshold = threshold_from_counts(counts_np, train_cfg.threshold_weight())
-        val_metrics = val_metrics_from_counts(counts_np, threshold)
+        grid_threshold = threshold_from_counts(counts_np, train_cfg.threshold_weight())
+        val_metrics = val_metrics_from_counts(counts_np, grid_threshold)  # counts and threshold in grid units
+        threshold = from_grid(grid_threshold, *(meta.get("best_grid") or IDENTITY))  # on the model's scores
     else:
         threshold, val_metrics = 0.5, {}
     extra = {"federation": cfg.to_run_config(), "best_round": int(meta.get("best_round", 0)),

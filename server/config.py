@@ -85,6 +85,9 @@ class FederationConfig:
     dp_max_grad_norm: float = 1.0
     #: 0 = each site calibrates its noise to spend dp-epsilon over num-server-rounds.
     dp_noise_multiplier: float = 0.0
+    #: Place each evaluation's score grid from the previous round's pooled counts (common/score_grid.py), so
+    #: a barely trained model's scores do not all fall into one protected bin; False = scores as they are.
+    adaptive_eval_grid: bool = True
     #: Secure aggregation of the train updates (Flower SecAgg+; server/secagg.py).
     secagg: bool = False
     #: SecAgg+: shares per site (also the minimum number of sites) and the reconstruction threshold.

@@ -102,11 +102,19 @@ def test_strategies_run(caches: dict[str, Path], tmp_path: Path, strategy: str) 
     # The round chosen and its threshold belong to the model the bundle deploys (FedBN: averaged norm layers,
     # not each site's local ones): the bundle's own threshold counts on every site's validation patients equal,
     # count for count, the summed counts the server selected the round and the threshold on.
+    # Counts are taken on the round's evaluation grid (common/score_grid.py), the threshold maps back to scores.
+    from common.metrics_counts import youden_from_counts
+    from common.score_grid import from_grid, to_grid
+
     bundle = load_bundle(res.bundle_dir)
-    mine = sum(np.asarray(threshold_counts(*predict(bundle.model, load_site(str(p), TRAIN.seed, TRAIN.val_fraction,
-                                                                            TRAIN.test_fraction).dataset("val", MODEL),
-                                                    TRAIN), THRESHOLD_GRID)) for p in caches.values())
-    assert np.array_equal(mine, np.asarray(load_checkpoint(tmp_path / strategy).meta["best_counts"]))
+    meta = load_checkpoint(tmp_path / strategy).meta
+    grid = tuple(meta.get("best_grid") or (0.0, 1.0))
+    assert grid != (0.0, 1.0)  # round 1 is evaluated on the grid placed from round 0's pooled counts
+    preds = [predict(bundle.model, load_site(str(p), TRAIN.seed, TRAIN.val_fraction, TRAIN.test_fraction
+                                             ).dataset("val", MODEL), TRAIN) for p in caches.values()]
+    mine = sum(np.asarray(threshold_counts(y, to_grid(s, *grid), THRESHOLD_GRID)) for y, s in preds)
+    assert np.array_equal(mine, np.asarray(meta["best_counts"]))
+    assert bundle.threshold == pytest.approx(from_grid(youden_from_counts(mine, w=TRAIN.threshold_weight()), *grid))
 
 
 def test_site_with_other_preprocessing_is_refused(caches: dict[str, Path], tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def test_round_config_round_trip_and_defaults() -> None:
     rc = P.RoundConfig(server_round=3, prep_hash="p", model_hash="m", local_epochs=2, lr=0.01,
                        proximal_mu=0.1, local_norm=True, eval_split="test", update_encoding="fp16", dp=True,
                        dp_epsilon=3.0, dp_delta=1e-5,
-                       dp_max_grad_norm=1.0, dp_noise_multiplier=0.0, dp_rounds=4)
+                       dp_max_grad_norm=1.0, dp_noise_multiplier=0.0, dp_rounds=4, eval_logit_centre=-0.1,
+                       eval_logit_scale=20.0)
     sent = rc.to_dict()
     assert set(sent) == set(P.ROUND_CONFIG_KEYS)
     assert P.RoundConfig.from_dict(sent) == rc
