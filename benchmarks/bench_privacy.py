@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.app import make_client_app
     from common.config import PrepConfig
-    from server.app import _train_round, round_config
+    from server.app import Run, _train_round
+    from server.rounds import RunClock
     from server.config import FederationConfig, config_json
     from server.strategies import build_strategy
     from simulation.federated import simulation_policy
@@ -156,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             from common.models import build_model
 
             arrays = ArrayRecord(build_model(cfg.model()).state_dict())
-            strategy = build_strategy(cfg)
+            run = Run(cfg, grid, build_strategy(cfg), RunClock(float(cfg.run_timeout)))
             times = []
             for rnd in range(1, args.rounds + 1):
                 t0 = time.perf_counter()
-                arrays, _, _, refused, eps = _train_round(strategy, grid, rnd, arrays, cfg)
+                res = _train_round(run, rnd, arrays, sorted(grid.get_node_ids()))
                 times.append(time.perf_counter() - t0)
-                if refused:
-                    raise RuntimeError(f"refused: {refused}")
+                if res.arrays is None or any(res.faults.get(k) for k in ("refused", "invalid", "missing")):
+                    raise RuntimeError(f"round {rnd} failed: {res.reason} {res.faults}")
+                arrays, eps = res.arrays, res.epsilon
             rows.append((dp, secagg, times, max(eps.values()) if eps else float("nan")))
             print(f"dp={dp!s:5} secagg={secagg!s:5} per round: " + ", ".join(f"{t:.2f}s" for t in times)
                   + (f"  epsilon {rows[-1][3]:.2f}" if dp else ""), flush=True)
