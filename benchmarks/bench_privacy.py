@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caches", nargs="*", default=None,
                    help="with --eval-cost: site caches of the embedded cohort (clinical LR on their train splits)")
     args = p.parse_args(argv)
+    if args.sites < 3 and not args.eval_cost:
+        p.error(f"--sites {args.sites}: Flower's SecAgg+ needs at least 3 sites (num_shares > 2)")
     if args.eval_cost:
         return eval_cost_embedded(args.caches) if args.caches else eval_cost_clinical()
 

@@ -71,3 +71,17 @@ def test_ray_address_env_joins_a_cluster() -> None:
     env.pop("FEDPCR_RAY_ADDRESS")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().endswith("None"), out.stderr[-2000:]
+
+
+def test_bench_privacy_runs_every_combination() -> None:
+    """The DP / SecAgg+ benchmark drives the real round code; a refactor of that code must not break it silently."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/bench_privacy.py", "--sites", "3", "--patients", "12",
+                           "--rounds", "1"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "DP" not in line]
+    assert [tuple(c.strip() for c in line.split("|")[1:3]) for line in table] == [
+        ("no", "no"), ("no", "yes"), ("yes", "no"), ("yes", "yes")]
