@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     caches = {i + 1: make_cache(root, f"S{i}", n=args.patients, seed=i, signal="both") for i in range(args.sites)}
     over = {"prep-config": config_json(PrepConfig(shape=(32, 32, 32))), "train-config": json.dumps({"batch_size": 8}),
             "min-nodes": args.sites, "num-server-rounds": args.rounds, "round-timeout": 600.0,
-            "secagg-num-shares": args.sites, "secagg-threshold": max(2, args.sites - 1), "secagg-max-weight": 100.0, "strategy": "fedavg"}
+            "secagg-num-shares": args.sites, "secagg-threshold": max(2, args.sites - 1), "secagg-max-weight": 100.0}  # default strategy: FedAdam
     if not args.image:
         over["model-config"] = json.dumps({"use_image": False})
     rows = []

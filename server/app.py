@@ -39,7 +39,7 @@ from server.checkpoint import (
 from server.config import FederationConfig
 from server.privacy_rounds import secagg_round, site_epsilons, with_dp_request
 from server.rounds import NodeView, RunClock, SiteBook, exchange, missing_nodes, wait_for_nodes
-from server.strategies import aggregate_train, build_strategy, uses_local_norm
+from server.strategies import aggregate_train, build_strategy, server_step, uses_local_norm
 from server.validation import Invalid, reply_site, validate_evaluate, validate_train
 from server.wire import decoded, encoded
 
@@ -220,6 +220,9 @@ def _train_round(run: Run, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> T
     cfg, strategy = run.cfg, run.strategy
     if cfg.secagg:  # the coordinator never holds one site's update (server/secagg.py)
         new, metrics, sites, faults, eps, reason = secagg_round(run.grid, rnd, arrays, round_config(cfg), cfg)
+        if new is not None:  # FedAdam / FedYogi: their server optimiser step on the secure aggregate
+            new = _record(_conform(server_step(strategy, rnd, arrays, new, int(metrics[NUM_EXAMPLES])),
+                                   _numpy(arrays)))
         return TrainOutcome(new, metrics, sites, faults, reason, eps)
     sent = encoded(strategy.configure_train(rnd, arrays, round_config(cfg), NodeView(run.grid, nodes)),
                    cfg.update_encoding)

@@ -20,8 +20,10 @@ from common.protocol import SiteSettings, json_object
 _SITE = SiteSettings()  # the defaults of the fields a hospital also reads are decided there
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn", "fedtrimmedavg", "fedmedian")
-#: What SecAgg+ (server/secagg.py) can run: its unmasked sum is the FedAvg aggregate.
-SECAGG_STRATEGIES = ("fedavg", "fedprox")
+#: What SecAgg+ (server/secagg.py) can run: its unmasked sum is the FedAvg aggregate, which FedAvg / FedProx
+#: use as is and FedAdam / FedYogi feed to their server optimiser (server.strategies.server_step); FedBN
+#: (local norm layers) and the robust rules (trimmed mean, median: they need each update) cannot.
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class FederationConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.secagg and self.strategy not in SECAGG_STRATEGIES:
             raise ValueError(f"secagg = true unmasks only the FedAvg sum of the updates, so it runs with strategy "
-                             f"{' or '.join(SECAGG_STRATEGIES)}; got strategy {self.strategy!r}")
+                             f"{', '.join(SECAGG_STRATEGIES)}; got strategy {self.strategy!r}")
         if self.min_replies < 1 or self.min_nodes < 1:
             raise ValueError(f"min-replies and min-nodes must be >= 1, got {self.min_replies}, {self.min_nodes}")
         if self.eval_split not in ("val", "test"):

@@ -90,6 +90,25 @@ def trim_fraction(cfg: FederationConfig, n_replies: int, n_rejected: int = 0) ->
     return (cut + 0.25) / n_replies  # int(beta * n) == cut, and beta < 0.5
 
 
+def server_step(strategy: Strategy, rnd: int, current: ArrayRecord, aggregate: ArrayRecord,
+                total: int) -> ArrayRecord:
+    """The new global model from a FedAvg ``aggregate`` computed elsewhere (SecAgg+'s unmasked sum): FedAvg /
+    FedProx take it as is; FedAdam / FedYogi apply their own server optimiser step to it, through Flower's
+    ``aggregate_train`` on that one aggregate (the weighted mean of one reply is the reply)."""
+    if not hasattr(strategy, "current_arrays"):  # not a FedOpt strategy
+        return aggregate
+    from flwr.app import MessageType, RecordDict
+
+    strategy.current_arrays = {k: a.numpy() for k, a in current.items()}  # what configure_train would set
+    reply = Message(content=RecordDict({strategy.arrayrecord_key: aggregate,
+                                        "metrics": MetricRecord({strategy.weighted_by_key: int(total)})}),
+                    dst_node_id=0, message_type=MessageType.TRAIN)
+    new, _ = strategy.aggregate_train(rnd, [reply])
+    if new is None:
+        raise RuntimeError(f"round {rnd}: {type(strategy).__name__} returned no model from the secure aggregate")
+    return new
+
+
 def aggregate_train(strategy: Strategy, cfg: FederationConfig, rnd: int, replies: Sequence[Message],
                     n_rejected: int = 0) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Aggregate validated train replies with the configured strategy or, when due, a trimmed mean."""

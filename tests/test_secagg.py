@@ -118,12 +118,47 @@ def test_too_few_sites_refused_with_the_numbers(caches: dict[int, Path]) -> None
         secagg_train_round(one, 1, ArrayRecord(), round_config(cfg), cfg)
 
 
-def test_adaptive_strategy_refused_with_secagg() -> None:
-    """SecAgg+ unmasks the FedAvg sum only: the default FedAdam (and Yogi, FedBN, robust rules) is refused by name."""
+def test_strategies_that_need_each_update_are_refused_with_secagg() -> None:
+    """SecAgg+ unmasks the FedAvg sum only: FedBN and the robust rules (trimmed mean, median) are refused by name."""
     from server.config import FederationConfig
 
-    assert FederationConfig().strategy == "fedadam"
-    for strategy in ("fedadam", "fedyogi", "fedbn", "fedmedian"):
-        with pytest.raises(ValueError, match=f"secagg = true .* strategy fedavg or fedprox; got strategy '{strategy}'"):
+    for strategy in ("fedbn", "fedmedian", "fedtrimmedavg"):
+        with pytest.raises(ValueError, match=f"secagg = true .* got strategy '{strategy}'"):
             FederationConfig.from_run_config({}, {"secagg": True, "strategy": strategy})
-    assert FederationConfig.from_run_config({}, {"secagg": True, "strategy": "fedprox"}).secagg
+    for strategy in ("fedavg", "fedprox", "fedadam", "fedyogi"):
+        assert FederationConfig.from_run_config({}, {"secagg": True, "strategy": strategy}).secagg
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedyogi", "fedavg"])
+def test_server_optimiser_on_the_secure_aggregate_equals_it_on_the_updates(monkeypatch: pytest.MonkeyPatch,
+                                                                          strategy: str) -> None:
+    """Two rounds of FedAdam / FedYogi fed the FedAvg aggregate (all SecAgg+ unmasks) give exactly the model the
+    same strategy computes from the individual updates (optimiser state included)."""
+    from flwr.app import Array, Message, MessageType, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.config import FederationConfig
+    from server.strategies import build_strategy, server_step
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    cfg = FederationConfig.from_run_config({}, {"strategy": strategy, "server-lr": 0.05})
+    plain, secure = build_strategy(cfg), build_strategy(cfg)
+    rng = np.random.default_rng(0)
+    current = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    mine = dict(current)
+    for rnd in (1, 2):
+        updates = [({k: v + rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in current.items()}, n)
+                   for n in (10, 30, 5)]
+        replies = [Message(content=RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in u.items()}),
+                                               "metrics": MetricRecord({NUM_EXAMPLES: n})}),
+                           dst_node_id=i + 1, message_type=MessageType.TRAIN) for i, (u, n) in enumerate(updates)]
+        if hasattr(plain, "current_arrays"):
+            plain.current_arrays = dict(current)
+        expected, _ = plain.aggregate_train(rnd, replies)
+        fedavg = {k: sum(u[k] * n for u, n in updates) / 45.0 for k in current}
+        got = server_step(secure, rnd, ArrayRecord({k: Array(v) for k, v in mine.items()}),
+                          ArrayRecord({k: Array(v.astype(np.float32)) for k, v in fedavg.items()}), 45)
+        for k in current:
+            assert np.allclose(got[k].numpy(), expected[k].numpy(), atol=1e-6), (strategy, rnd, k)
+        current = {k: expected[k].numpy() for k in current}
+        mine = {k: got[k].numpy() for k in current}
