@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class Recipe:
     local_epochs: int = 1
     lr: float | None = None
     prox_mu: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 #: The recipes compared (E = 6 epochs for all). ``pooled`` and ``local`` are the references.
@@ -93,7 +92,9 @@ def paired_diff(a: list[dict[str, Any]], b: list[dict[str, Any]], n_boot: int = 
 
     points, draws = [], []
     for ra, rb in zip(a, b):
-        assert list(ra["ids"]) == list(rb["ids"]), "paired comparison needs the same patients in the same order"
+        if list(ra["ids"]) != list(rb["ids"]):
+            raise ValueError(f"{ra['method']} vs {rb['method']} at {ra['test_site']} (seed {ra['seed']}): a paired "
+                             "comparison needs the same held-out patients in the same order")
         point, d = paired_auroc_draws(np.asarray(ra["y"]), np.vstack([ra["score"], rb["score"]]), n_boot, seed)
         points.append(point[0] - point[1])
         draws.append(d[0] - d[1])

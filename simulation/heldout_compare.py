@@ -32,8 +32,8 @@ def _aligned(arms: list[ArmResult], site: str) -> tuple[np.ndarray, np.ndarray, 
     preds = [a.predictions.get(site) for a in arms]
     if any(not p for p in preds):
         return None
-    ids = [i for i in preds[0]["ids"] if all(i in set(p["ids"]) for p in preds[1:])] if len(preds) > 1 \
-        else list(preds[0]["ids"])
+    others = [set(p["ids"]) for p in preds[1:]]  # built once, not per patient
+    ids = [i for i in preds[0]["ids"] if all(i in o for o in others)]
     rows, y = [], None
     for p in preds:
         pos = {pid: k for k, pid in enumerate(p["ids"])}

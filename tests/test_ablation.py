@@ -33,7 +33,7 @@ def test_paired_difference_matches_sklearn_and_is_zero_for_the_same_model() -> N
     assert d == pytest.approx(roc_auc_score(y, strong) - roc_auc_score(y, weak))  # rank-invariant: both seeds equal
     assert lo < d < hi and lo > 0  # a strong vs a weak score on 80 patients: the CI excludes 0
     assert paired_diff(a, a, n_boot=50) == (0.0, 0.0, 0.0)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="same held-out patients"):
         paired_diff([_row("fed", 0, y[::-1], strong[::-1]) | {"ids": list("x" * 80)}], b[:1], n_boot=5)
 
 

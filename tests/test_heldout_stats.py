@@ -83,18 +83,20 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y, s1, s2
 
 
+def _stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Independent re-implementation of the draws: default_rng(seed), positives then negatives, with replacement."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pi, ni = rng.integers(0, pos.size, (n_boot, pos.size)), rng.integers(0, neg.size, (n_boot, neg.size))
+    return [np.concatenate([pos[pi[b]], neg[ni[b]]]) for b in range(n_boot)]
+
+
 def test_paired_difference_matches_an_independent_sklearn_bootstrap() -> None:
     y, s1, s2 = _data(90, 1)
     res = paired_auroc_difference(y, s1, s2, n_boot=300, seed=7)
     # independent: the same draws (default_rng(seed): positives then negatives), one sklearn call per resample
-    rng = np.random.default_rng(7)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    pi, ni = rng.integers(0, pos.size, (300, pos.size)), rng.integers(0, neg.size, (300, neg.size))
-    diffs = []
-    for b in range(300):
-        idx = np.concatenate([pos[pi[b]], neg[ni[b]]])
-        diffs.append(roc_auc_score(y[idx], s1[idx]) - roc_auc_score(y[idx], s2[idx]))
-    diffs = np.array(diffs)
+    diffs = np.array([roc_auc_score(y[idx], s1[idx]) - roc_auc_score(y[idx], s2[idx])
+                      for idx in _stratified_resamples(y, 300, 7)])
     assert res["difference"] == pytest.approx(roc_auc_score(y, s1) - roc_auc_score(y, s2), abs=1e-12)
     assert res["ci_low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
     assert res["ci_high"] == pytest.approx(np.percentile(diffs, 97.5), abs=1e-12)
@@ -164,14 +166,9 @@ def test_heldout_comparisons_per_site_mean_worst_and_where_federation_helps() ->
         allrow = comp[(comp.test_site == site) & (comp.seed == "all")].set_index("comparator").loc["pooled"]
         gaps = [truth[site, k]["fedavg-lr"] - truth[site, k]["clinical-lr"] for k in (0, 1)]
         assert allrow["difference"] == pytest.approx(np.mean(gaps), abs=1e-12)
-        draws = np.random.default_rng(0)
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        pi, ni = draws.integers(0, pos.size, (200, pos.size)), draws.integers(0, neg.size, (200, neg.size))
-        ref = []
-        for b in range(200):
-            idx = np.concatenate([pos[pi[b]], neg[ni[b]]])
-            ref.append(np.mean([roc_auc_score(y[idx], data[site, k][1]["fedavg-lr"][idx])
-                                - roc_auc_score(y[idx], data[site, k][1]["clinical-lr"][idx]) for k in (0, 1)]))
+        ref = [np.mean([roc_auc_score(y[idx], data[site, k][1]["fedavg-lr"][idx])
+                        - roc_auc_score(y[idx], data[site, k][1]["clinical-lr"][idx]) for k in (0, 1)])
+               for idx in _stratified_resamples(y, 200, 0)]
         assert allrow["ci_low"] == pytest.approx(np.percentile(ref, 2.5), abs=1e-12)
         assert allrow["ci_high"] == pytest.approx(np.percentile(ref, 97.5), abs=1e-12)
     text = "\n".join(comparison_section(comp, "clinical-lr"))

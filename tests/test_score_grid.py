@@ -31,7 +31,7 @@ def test_map_is_monotone_and_inverts() -> None:
         assert np.all(np.diff(to_grid(np.linspace(1e-6, 1 - 1e-6, 999), centre, scale)) >= 0)  # saturates, never flips
         back = np.array([from_grid(v, centre, scale) for v in g])
         assert np.allclose(back, s, atol=1e-9)
-    assert to_grid(s, *IDENTITY) is not None and np.array_equal(to_grid(s, *IDENTITY), s)
+    assert np.array_equal(to_grid(s, *IDENTITY), s)
 
 
 def test_adaptive_grid_recovers_the_auroc_protected_counts_lose() -> None:
